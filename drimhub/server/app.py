@@ -1,0 +1,42 @@
+"""The application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import pydicom.config
+from flask import Flask
+
+from drimhub.server import config, converters, db, errors, ops
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build a drimhub WSGI app.
+
+    Parameters
+    ----------
+    test_config : Mapping, optional
+        Settings that override the defaults and the ``DRIMHUB_*`` environment
+        (see :mod:`drimhub.server.config`).
+    """
+    app = Flask("drimhub", static_folder=None)
+    config.load(app, test_config)
+    _configure_libraries()
+    errors.init_app(app)
+    converters.init_app(app)
+    db.init_app(app)
+    ops.init_app(app)
+
+    from drimhub.dicomweb import routes as dicomweb_routes
+
+    dicomweb_routes.init_app(app)
+    return app
+
+
+def _configure_libraries() -> None:
+    """Process-global library settings, set once here and never per request."""
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # Read what real modalities send; a value that does not fit its VR is kept, not fatal.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

@@ -1,0 +1,49 @@
+"""Configuration: defaults, then ``DRIMHUB_*`` environment variables, then the caller's mapping.
+
+The keys and their meaning are the interface contract of ARCHITECTURE.md §3; every key is
+optional. Values derived from ``DATA_DIR`` are filled in last, so that setting only
+``DRIMHUB_DATA_DIR`` moves the database and the blobs with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from drimhub.server.errors import DrimhubError
+
+#: Defaults of every setting (without the ``DRIMHUB_`` prefix).
+DEFAULTS: dict[str, Any] = {
+    "DATA_DIR": "./var",
+    "DATABASE_URL": None,            # sqlite:///<DATA_DIR>/drimhub.db
+    "STORAGE_URL": None,             # file://<DATA_DIR>/blobs
+    "BASE_URL": None,                # derived from the request
+    # What STOW does with a known SOP Instance UID whose bytes differ: "reject" keeps the stored
+    # instance and reports failure 0x0111 (Duplicate SOP Instance); "overwrite" replaces it.
+    "STOW_DUPLICATE_POLICY": "reject",
+    # QIDO-RS: answers are capped at this many matches; a truncated answer carries Warning 299.
+    "QIDO_MAX_RESULTS": 1000,
+    # Apply migrations when the app starts (the CLI's serve does it before forking workers).
+    "AUTO_MIGRATE": True,
+}
+
+_POLICIES = ("reject", "overwrite")
+
+
+def load(app: Flask, overrides: Mapping[str, Any] | None) -> None:
+    """Fill ``app.config`` from the defaults, the environment and ``overrides``."""
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_prefixed_env("DRIMHUB")
+    if overrides:
+        app.config.update(overrides)
+    data_dir = Path(str(app.config["DATA_DIR"])).resolve()
+    app.config["DATA_DIR"] = str(data_dir)
+    if not app.config["DATABASE_URL"]:
+        app.config["DATABASE_URL"] = f"sqlite:///{data_dir / 'drimhub.db'}"
+    if not app.config["STORAGE_URL"]:
+        app.config["STORAGE_URL"] = f"file://{data_dir / 'blobs'}"
+    if app.config["STOW_DUPLICATE_POLICY"] not in _POLICIES:
+        raise DrimhubError(f"DRIMHUB_STOW_DUPLICATE_POLICY must be one of {', '.join(_POLICIES)}")

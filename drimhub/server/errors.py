@@ -1,0 +1,192 @@
+"""Typed exceptions of drimhub, and the one handler that renders them.
+
+Every error a service raises is a :class:`DrimhubError`; the app-level handler picks the
+protocol's own error form from the URL space of the request (DICOMweb JSON status, FHIR
+OperationOutcome, RFC 6749 JSON). A 500 shows generic text; the detail goes to the log only.
+
+::
+
+    DrimhubError                 500
+    ├── InvalidRequest           400
+    │   └── InvalidQuery         400  (QIDO / FHIR search parameter)
+    ├── Unauthorized             401
+    ├── Forbidden                403
+    ├── NotFound                 404
+    ├── MethodNotAllowed         405
+    ├── NotAcceptable            406
+    ├── Conflict                 409
+    ├── PayloadTooLarge          413
+    ├── UnsupportedMediaType     415
+    └── PeerUnavailable          502
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class DrimhubError(Exception):
+    """Base of every error drimhub turns into an HTTP answer."""
+
+    http_status = 500
+    #: FHIR ``OperationOutcome.issue.code`` for this kind of error.
+    issue_code = "exception"
+
+    def __init__(self, message: str, **data: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class InvalidRequest(DrimhubError):
+    """The request is malformed (bad header, bad body, bad identifier)."""
+
+    http_status = 400
+    issue_code = "invalid"
+
+
+class InvalidQuery(InvalidRequest):
+    """A search parameter is unknown or its value cannot be understood."""
+
+
+class Unauthorized(DrimhubError):
+    """No valid credentials."""
+
+    http_status = 401
+    issue_code = "login"
+
+
+class Forbidden(DrimhubError):
+    """Credentials are valid but do not cover the request."""
+
+    http_status = 403
+    issue_code = "forbidden"
+
+
+class NotFound(DrimhubError):
+    """The resource does not exist (or is not visible to the caller)."""
+
+    http_status = 404
+    issue_code = "not-found"
+
+
+class MethodNotAllowed(DrimhubError):
+    """The resource exists but does not support this method."""
+
+    http_status = 405
+    issue_code = "not-supported"
+
+
+class NotAcceptable(DrimhubError):
+    """Nothing the client accepts can be produced."""
+
+    http_status = 406
+    issue_code = "not-supported"
+
+
+class Conflict(DrimhubError):
+    """The request conflicts with the stored state."""
+
+    http_status = 409
+    issue_code = "conflict"
+
+
+class PayloadTooLarge(DrimhubError):
+    """The request or the result is larger than the server accepts."""
+
+    http_status = 413
+    issue_code = "too-costly"
+
+
+class UnsupportedMediaType(DrimhubError):
+    """The request body is of a media type the resource does not take."""
+
+    http_status = 415
+    issue_code = "not-supported"
+
+
+class PeerUnavailable(DrimhubError):
+    """A peer node did not answer."""
+
+    http_status = 502
+    issue_code = "transient"
+
+
+# --- rendering ------------------------------------------------------------------------------
+
+#: DICOM JSON attribute used for the human-readable reason of a DICOMweb error:
+#: (0000,0902) Error Comment, LO (PS3.7 Annex C).
+_ERROR_COMMENT = "00000902"
+
+
+def _dicomweb_body(status: int, message: str) -> Response:
+    body = {_ERROR_COMMENT: {"vr": "LO", "Value": [message[:64]]}, "message": message}
+    return Response(orjson.dumps(body), status=status, mimetype="application/dicom+json")
+
+
+def _fhir_body(status: int, message: str, code: str) -> Response:
+    severity = "error" if status < 500 else "fatal"
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": message}],
+    }
+    return Response(orjson.dumps(body), status=status, mimetype="application/fhir+json")
+
+
+def _plain_body(status: int, message: str, code: str) -> Response:
+    return Response(orjson.dumps({"error": code, "error_description": message}), status=status,
+                    mimetype="application/json")
+
+
+def render_error(status: int, message: str, issue_code: str = "exception",
+                 headers: dict[str, str] | None = None) -> Response:
+    """Render an error in the form of the URL space the request was for."""
+    path = request.path
+    if path.startswith(("/dicom-web", "/federated/dicom-web", "/wado")):
+        response = _dicomweb_body(status, message)
+    elif path.startswith("/fhir"):
+        response = _fhir_body(status, message, issue_code)
+    else:
+        response = _plain_body(status, message, issue_code)
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def _handle_drimhub(exc: DrimhubError) -> Response:
+    if exc.http_status >= 500:
+        log.error("%s: %s", type(exc).__name__, exc.message)
+    headers = {"Allow": ", ".join(exc.data["allow"])} if "allow" in exc.data else None
+    return render_error(exc.http_status, exc.message, exc.issue_code, headers)
+
+
+_HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+
+
+def _handle_http(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    response = render_error(status, exc.description or exc.name, _HTTP_ISSUE_CODES.get(status, "invalid"))
+    if exc.response is None:
+        for name, value in exc.get_headers():
+            if name.lower() in ("allow", "www-authenticate"):
+                response.headers[name] = value
+    return response
+
+
+def _handle_unexpected(exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return render_error(500, "internal server error")
+
+
+def init_app(app: Flask) -> None:
+    """Register the one error handler for every exception type."""
+    app.register_error_handler(DrimhubError, _handle_drimhub)
+    app.register_error_handler(HTTPException, _handle_http)
+    app.register_error_handler(Exception, _handle_unexpected)

@@ -1,0 +1,103 @@
+"""SQLAlchemy models of the shared metadata store.
+
+One row per study, series and instance. The columns are the attributes clients match on
+(PS3.18 Table 6.7.1-1 plus the extra keys of ARCHITECTURE.md), normalised for matching; the
+``attrs`` / ``dicom_json`` columns keep the DICOM JSON (PS3.18 Annex F) the answers are built
+from, so that neither QIDO nor WADO metadata re-reads a DICOM file.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, func
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+#: Longest PN value: 3 component groups of 5 components of 64 characters (PS3.5 Table 6.2-1).
+PN_LEN = 324
+UID_LEN = 64
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every drimhub table."""
+
+
+class Study(Base):
+    """A study, with the patient attributes DICOM keeps at study level."""
+
+    __tablename__ = "study"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(UID_LEN), unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(PN_LEN))
+    #: PatientName folded for case- and accent-insensitive matching.
+    patient_name_key: Mapped[str | None] = mapped_column(String(PN_LEN), index=True)
+    patient_birth_date: Mapped[str | None] = mapped_column(String(8))
+    patient_sex: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[str | None] = mapped_column(String(8), index=True)
+    #: StudyTime as HHMMSS.FFFFFF (padded) so that ranges compare as strings.
+    study_time: Mapped[str | None] = mapped_column(String(16))
+    accession_number: Mapped[str | None] = mapped_column(String(16), index=True)
+    study_id: Mapped[str | None] = mapped_column(String(16))
+    study_description: Mapped[str | None] = mapped_column(String(64))
+    referring_physician_key: Mapped[str | None] = mapped_column(String(PN_LEN))
+    institution_name: Mapped[str | None] = mapped_column(String(64))
+    attrs: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    series: Mapped[list[Series]] = relationship(back_populates="study", passive_deletes=True)
+
+
+class Series(Base):
+    """A series of one study."""
+
+    __tablename__ = "series"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(UID_LEN), unique=True)
+    modality: Mapped[str | None] = mapped_column(String(16), index=True)
+    series_number: Mapped[int | None] = mapped_column(Integer)
+    series_description: Mapped[str | None] = mapped_column(String(64))
+    body_part: Mapped[str | None] = mapped_column(String(16))
+    pps_start_date: Mapped[str | None] = mapped_column(String(8))
+    pps_start_time: Mapped[str | None] = mapped_column(String(16))
+    attrs: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    study: Mapped[Study] = relationship(back_populates="series")
+    instances: Mapped[list[Instance]] = relationship(back_populates="series", passive_deletes=True)
+
+
+class Instance(Base):
+    """A stored SOP instance: its blob, its pixel data location and its DICOM JSON."""
+
+    __tablename__ = "instance"
+    __table_args__ = (Index("ix_instance_series_number", "series_pk", "instance_number"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.pk", ondelete="CASCADE"))
+    sop_uid: Mapped[str] = mapped_column(String(UID_LEN), unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(UID_LEN), index=True)
+    instance_number: Mapped[int | None] = mapped_column(Integer)
+    transfer_syntax: Mapped[str] = mapped_column(String(UID_LEN))
+    rows: Mapped[int | None] = mapped_column(Integer)
+    columns: Mapped[int | None] = mapped_column(Integer)
+    bits_allocated: Mapped[int | None] = mapped_column(Integer)
+    samples_per_pixel: Mapped[int | None] = mapped_column(Integer)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer)
+    #: Byte offset and length of the Pixel Data value in the blob; the length is None for
+    #: encapsulated (undefined length) pixel data, the offset None when it cannot be located
+    #: (deflated data set) or when there is none.
+    pixel_offset: Mapped[int | None] = mapped_column(BigInteger)
+    pixel_length: Mapped[int | None] = mapped_column(BigInteger)
+    blob_key: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    #: SHA-256 of the stored bytes: re-sending the same bytes is an idempotent success.
+    digest: Mapped[str] = mapped_column(String(64))
+    dicom_json: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    series: Mapped[Series] = relationship(back_populates="instances")

@@ -1,0 +1,98 @@
+"""Fixtures: an app per test on a real database (SQLite and PostgreSQL), real DICOM data.
+
+PostgreSQL: ``DRIMHUB_TEST_POSTGRES_URL`` (default ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``)
+names a server where a throw-away database is created for the session and dropped after. When
+that server cannot be reached the PostgreSQL cases are skipped, unless ``CI`` or
+``DRIMHUB_TEST_REQUIRE_POSTGRES`` is set: then they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from werkzeug.serving import make_server
+
+from drimhub.server.app import create_app
+from drimhub.server.db import Resources
+
+PG_ADMIN_URL = os.environ.get("DRIMHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REQUIRE_PG = bool(os.environ.get("CI") or os.environ.get("DRIMHUB_TEST_REQUIRE_POSTGRES"))
+BACKENDS = ["sqlite", "postgresql"]
+
+
+def _pg_conninfo(url: str) -> str:
+    u = make_url(url)
+    return f"host={u.host or '127.0.0.1'} port={u.port or 5432} user={u.username or 'postgres'} dbname={u.database or 'postgres'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a throw-away PostgreSQL database for this test session."""
+    name = f"drimhub_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if REQUIRE_PG:
+            pytest.fail(f"PostgreSQL is required (CI) but unreachable at {PG_ADMIN_URL}: {exc}")
+        pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL for one test: a fresh SQLite file, or the session's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'drimhub.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _truncate(res: Resources) -> None:
+    with res.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("TRUNCATE study, series, instance RESTART IDENTITY CASCADE"))
+
+
+@pytest.fixture
+def app(db_url: str, tmp_path: Path) -> Iterator[Flask]:
+    application = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": db_url,
+                              "STORAGE_URL": f"file://{tmp_path / 'blobs'}"})
+    res: Resources = application.extensions["drimhub"]
+    _truncate(res)
+    yield application
+    _truncate(res)
+    res.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def live_server(app: Flask) -> Iterator[str]:
+    """The app served by werkzeug on 127.0.0.1 in a thread; yields its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(5)

@@ -1,0 +1,108 @@
+"""STOW-RS (PS3.18 §10.5): statuses, failure reasons, idempotence, duplicates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+import dicomfactory as f
+
+REFERENCED, FAILED, RETRIEVE_URL, FAILURE_REASON = "00081199", "00081198", "00081190", "00081197"
+
+
+def post(client: FlaskClient, parts: list[bytes], url: str = "/dicom-web/studies"):
+    body, ctype = f.multipart(parts)
+    return client.post(url, data=body, headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
+
+
+def sops(seq: dict, key: str) -> list[str]:
+    return [item["00081155"]["Value"][0] for item in seq.get(key, {}).get("Value", [])]
+
+
+def reasons(body: dict) -> list[int]:
+    return [item[FAILURE_REASON]["Value"][0] for item in body.get(FAILED, {}).get("Value", [])]
+
+
+def blob_count(tmp_path: Path) -> int:
+    return sum(1 for p in (tmp_path / "blobs" / "objects").rglob("*") if p.is_file())
+
+
+def test_store_mixed_objects_all_referenced(client: FlaskClient) -> None:
+    study = f.new_uid()
+    items = [f.ct(study), f.ct(study, frames=3), f.ct(study, transfer_syntax=f.RLELossless), f.pdf(study), f.sr(study)]
+    r = post(client, [i.data for i in items])
+    assert r.status_code == 200, r.json
+    assert r.mimetype == "application/dicom+json"
+    assert sorted(sops(r.json, REFERENCED)) == sorted(i.sop for i in items)
+    assert FAILED not in r.json
+    assert r.json[RETRIEVE_URL]["Value"][0].endswith(f"/dicom-web/studies/{study}")
+    for item in r.json[REFERENCED]["Value"]:
+        sop = item["00081155"]["Value"][0]
+        want = next(i for i in items if i.sop == sop)
+        assert item["00081150"]["Value"] == [want.sop_class]
+        assert item[RETRIEVE_URL]["Value"][0].endswith(f"/studies/{study}/series/{want.series}/instances/{sop}")
+
+
+# (what is sent, expected HTTP status, expected failure reasons) -- PS3.18 Table 10.5.3-1
+STATUS_CASES = [
+    pytest.param("garbage", 400, [0xC000], id="PS3.18-10.5.3-not-dicom-400"),
+    pytest.param("good+garbage", 202, [0xC000], id="PS3.18-10.5.3-partial-202"),
+    pytest.param("other-study", 409, [0xA900], id="PS3.18-10.5.3-study-mismatch-409"),
+]
+
+
+@pytest.mark.parametrize("case, status, expected", STATUS_CASES)
+def test_store_statuses(client: FlaskClient, case: str, status: int, expected: list[int]) -> None:
+    study = f.new_uid()
+    good = f.ct(study)
+    parts = {"garbage": [b"not a dicom file" * 20],
+             "good+garbage": [good.data, b"\x00" * 300],
+             "other-study": [f.ct().data]}[case]
+    r = post(client, parts, f"/dicom-web/studies/{study}")
+    assert r.status_code == status, r.json
+    assert reasons(r.json) == expected
+    if case == "good+garbage":
+        assert sops(r.json, REFERENCED) == [good.sop]
+    else:
+        assert REFERENCED not in r.json
+
+
+def test_same_bytes_twice_is_idempotent(client: FlaskClient, tmp_path: Path) -> None:
+    inst = f.ct()
+    assert post(client, [inst.data]).status_code == 200
+    before = blob_count(tmp_path)
+    r = post(client, [inst.data])
+    assert r.status_code == 200
+    assert sops(r.json, REFERENCED) == [inst.sop]
+    assert blob_count(tmp_path) == before == 1
+
+
+def test_same_uid_other_bytes_rejected_by_default(client: FlaskClient, tmp_path: Path) -> None:
+    inst = f.ct(seed=1)
+    other = f.ct(inst.study, inst.series, inst.sop, seed=2)
+    assert post(client, [inst.data]).status_code == 200
+    r = post(client, [other.data])
+    assert r.status_code == 409
+    assert reasons(r.json) == [0x0111]
+    assert blob_count(tmp_path) == 1
+
+
+@pytest.mark.parametrize("ctype, status", [
+    pytest.param("application/json", 415, id="PS3.18-10.5.1-json-415"),
+    pytest.param('multipart/related; type="application/dicom+xml"; boundary=x', 415, id="PS3.18-10.5.1-xml-parts-415"),
+    pytest.param('multipart/related; type="application/dicom"', 400, id="PS3.18-10.5.1-no-boundary-400"),
+])
+def test_store_bad_content_type(client: FlaskClient, ctype: str, status: int) -> None:
+    r = client.post("/dicom-web/studies", data=b"{}", headers={"Content-Type": ctype})
+    assert r.status_code == status
+    assert r.mimetype == "application/dicom+json"
+
+
+def test_truncated_multipart_is_400_and_stores_nothing_partial(client: FlaskClient, tmp_path: Path) -> None:
+    body, ctype = f.multipart([f.ct().data])
+    r = client.post("/dicom-web/studies", data=body[: len(body) // 2], headers={"Content-Type": ctype})
+    assert r.status_code == 400
+    assert blob_count(tmp_path) == 0
+    assert not any((tmp_path / "blobs" / "tmp").iterdir())
