@@ -9,7 +9,6 @@ failing part never affects the others.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -121,18 +120,6 @@ class StoreService:
         if parts == 0:
             raise InvalidRequest("the multipart body holds no part")
         return result
-
-    def store_files(self, chunks_per_file: Iterable[Iterable[bytes]], result: StowResult) -> None:
-        """Store instances given as byte chunks (the import command)."""
-        for chunks in chunks_per_file:
-            sink = self.blobs.spool()
-            try:
-                for chunk in chunks:
-                    sink.write(chunk)
-            except BaseException:
-                sink.discard()
-                raise
-            self.store_spooled(sink, None, result)
 
     def store_spooled(self, sink: SpooledBlob, target_study: str | None, result: StowResult) -> Outcome | None:
         """Parse, place and index one spooled instance; record its outcome in ``result``."""

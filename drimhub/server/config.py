@@ -26,6 +26,9 @@ DEFAULTS: dict[str, Any] = {
     "STOW_DUPLICATE_POLICY": "reject",
     # QIDO-RS: answers are capped at this many matches; a truncated answer carries Warning 299.
     "QIDO_MAX_RESULTS": 1000,
+    # `drimhub serve` removes temporary files and orphan blobs older than this many seconds
+    # before it starts serving (a crash leaves at most those behind).
+    "SWEEP_MIN_AGE": 60,
     # Apply migrations when the app starts (the CLI's serve does it before forking workers).
     "AUTO_MIGRATE": True,
 }

@@ -1,0 +1,45 @@
+"""gunicorn, embedded: ``drimhub serve`` runs it with the app factory (no module-level app)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+class DrimhubServer(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application whose workers each build their own app (own engine, own pool)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from drimhub.server.app import create_app
+
+        return create_app({"AUTO_MIGRATE": False})
+
+
+def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+    """Serve until stopped. gthread workers: a slow upload ties up a thread, not a process."""
+    DrimhubServer({
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        "timeout": 300,
+        "graceful_timeout": 30,
+        "keepalive": 5,
+        "accesslog": "-",
+        "child_exit": _child_exit,
+    }).run()
