@@ -55,6 +55,23 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=BACKENDS)
+def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of its own for tests that run server processes."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'drimhub.db'}"
+        return
+    session_url = make_url(request.getfixturevalue("postgres_url"))
+    name = f"{session_url.database}_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield session_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(_pg_conninfo(PG_ADMIN_URL), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A database URL for one test: a fresh SQLite file, or the session's PostgreSQL database."""
     if request.param == "sqlite":

@@ -1,0 +1,65 @@
+"""Run `drimhub serve` (the real gunicorn server) as a child process for black-box tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+DRIMHUB = str(Path(sys.executable).with_name("drimhub"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`drimhub serve` on a free loopback port, in its own process group."""
+
+    def __init__(self, data_dir: Path, db_url: str, workers: int = 2, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"serve-{self.port}.log"
+        self.env = {**os.environ, "DRIMHUB_DATA_DIR": str(data_dir), "DRIMHUB_DATABASE_URL": db_url,
+                    "DRIMHUB_SWEEP_MIN_AGE": "0", **env}
+        self.workers = workers
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> ServerProcess:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [DRIMHUB, "serve", "--port", str(self.port), "--workers", str(self.workers)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"drimhub serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("drimhub serve did not become ready")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (master and workers), as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()

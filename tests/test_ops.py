@@ -1,0 +1,32 @@
+"""Operations endpoints and the error forms of unknown URLs."""
+
+from __future__ import annotations
+
+from flask.testing import FlaskClient
+
+import dicomfactory as f
+
+
+def test_healthz_readyz(client: FlaskClient) -> None:
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json == {"status": "ready"}
+
+
+def test_metrics_counts_requests_and_stored_instances(client: FlaskClient) -> None:
+    body, ctype = f.multipart([f.ct().data])
+    assert client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype}).status_code == 200
+    text = client.get("/metrics").get_data(as_text=True)
+    assert 'drimhub_stow_instances_total{outcome="stored"}' in text
+    assert 'drimhub_http_requests_total{method="POST",route="/dicom-web/studies",status="200"}' in text
+
+
+def test_unknown_dicomweb_url_is_dicom_json_404(client: FlaskClient) -> None:
+    r = client.get("/dicom-web/nothing-here")
+    assert r.status_code == 404
+    assert r.mimetype == "application/dicom+json"
+
+
+def test_malformed_uid_is_400_before_any_service(client: FlaskClient) -> None:
+    r = client.post("/dicom-web/studies/abc$def", data=b"", headers={"Content-Type": "multipart/related; boundary=x"})
+    assert r.status_code == 400
+    assert "not a valid UID" in r.json["message"]
