@@ -65,7 +65,7 @@ def import_one(service: StoreService, source: Source, summary: ImportSummary) ->
         sink.discard()
         summary.failed.append((source.name, f"cannot read: {exc}"))
         return
-    outcome = service.store_spooled(sink, None, result)
+    outcome = service.store_one(sink, result)
     if outcome in (Outcome.STORED, Outcome.REPLACED):
         summary.stored += 1
     elif outcome == Outcome.ALREADY_STORED:

@@ -20,7 +20,7 @@ from drimhub.dicomweb.status import FailureReason, stow_http_status
 from drimhub.server.errors import InvalidRequest, UnsupportedMediaType
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import write_session
-from drimhub.store.index import InstanceRow, Outcome, find_instance, store_instance
+from drimhub.store.index import InstanceRow, Outcome, known_instances, store_instances
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,13 @@ def check_content_type(header: str | None) -> str:
     return boundary
 
 
+#: Instances indexed per write transaction: large enough to amortise the commit, small enough
+#: to keep the write lock short and the parsed headers of a huge request out of memory.
+BATCH = 50
+
+_Pending = tuple[SpooledBlob, ParsedInstance]
+
+
 class StoreService:
     """Stores instances into the blob store and the metadata store."""
 
@@ -106,23 +113,40 @@ class StoreService:
         """Store every part of a STOW-RS body read from ``stream``."""
         boundary = check_content_type(content_type)
         result = StowResult()
+        pending: list[_Pending] = []
         parts = 0
-        for headers, sink in multipart.read_parts(stream, boundary, self.blobs.spool):
-            parts += 1
-            assert isinstance(sink, SpooledBlob)
-            part_type, _ = multipart.media_type(headers.get("content-type") or DICOM)
-            if part_type != DICOM:
+        try:
+            for headers, sink in multipart.read_parts(stream, boundary, self.blobs.spool):
+                parts += 1
+                assert isinstance(sink, SpooledBlob)
+                part_type, _ = multipart.media_type(headers.get("content-type") or DICOM)
+                if part_type != DICOM:
+                    sink.discard()
+                    result.failed.append((None, None, FailureReason.CANNOT_UNDERSTAND))
+                    result.unreadable += 1
+                    continue
+                item = self._prepare(sink, target_study, result)
+                if item is not None:
+                    pending.append(item)
+                if len(pending) >= BATCH:
+                    self._commit(pending, result)
+                    pending = []
+        except BaseException:
+            for sink, _ in pending:
                 sink.discard()
-                result.failed.append((None, None, FailureReason.CANNOT_UNDERSTAND))
-                result.unreadable += 1
-                continue
-            self.store_spooled(sink, target_study, result)
+            raise
         if parts == 0:
             raise InvalidRequest("the multipart body holds no part")
+        self._commit(pending, result)
         return result
 
-    def store_spooled(self, sink: SpooledBlob, target_study: str | None, result: StowResult) -> Outcome | None:
-        """Parse, place and index one spooled instance; record its outcome in ``result``."""
+    def store_one(self, sink: SpooledBlob, result: StowResult) -> Outcome | None:
+        """Store one spooled instance (the import command); None when it failed."""
+        item = self._prepare(sink, None, result)
+        return self._commit([item], result)[0] if item is not None else None
+
+    def _prepare(self, sink: SpooledBlob, target_study: str | None, result: StowResult) -> _Pending | None:
+        """Parse a spooled part; record a failure and discard it when it cannot be stored."""
         try:
             sink.close()
             parsed = parse_instance(sink.path)
@@ -135,41 +159,52 @@ class StoreService:
             sink.discard()  # PS3.18 §10.5.3: an instance of another study than the target URL's
             result.failed.append((parsed.sop_class_uid, parsed.sop_uid, FailureReason.DATA_SET_DOES_NOT_MATCH))
             return None
+        return sink, parsed
+
+    def _commit(self, pending: list[_Pending], result: StowResult) -> list[Outcome | None]:
+        """Move the blobs of new instances into place, then index them in one transaction."""
+        if not pending:
+            return []
+        with self.sessions() as session:
+            known = known_instances(session, [parsed.sop_uid for _, parsed in pending])
+        outcomes: list[Outcome | None] = []
+        placed: list[tuple[ParsedInstance, InstanceRow]] = []
+        for sink, parsed in pending:
+            seen = known.get(parsed.sop_uid)
+            if seen is not None and (seen[0] == sink.digest or not self.overwrite):
+                sink.discard()  # the same bytes again (idempotent), or a duplicate under "reject"
+                outcome = Outcome.ALREADY_STORED if seen[0] == sink.digest else Outcome.DUPLICATE
+                outcomes.append(self._record(parsed, outcome, result))
+                continue
+            placed.append((parsed, self._row(parsed, sink, self.blobs.commit(sink))))
         try:
-            outcome = self._place(sink, parsed)
+            with write_session(self.sessions) as session:
+                stored = store_instances(session, [row for _, row in placed], self.overwrite)
         except Exception:
-            log.exception("storing %s failed", parsed.sop_uid)
-            sink.discard()
-            result.failed.append((parsed.sop_class_uid, parsed.sop_uid, FailureReason.PROCESSING_FAILURE))
-            return None
+            log.exception("indexing %d instances failed", len(placed))
+            for parsed, row in placed:
+                self.blobs.delete(row.blob_key)
+                result.failed.append((parsed.sop_class_uid, parsed.sop_uid, FailureReason.PROCESSING_FAILURE))
+            return outcomes + [None] * len(placed)
+        for (parsed, _), done in zip(placed, stored):
+            if done.obsolete_blob:
+                self.blobs.delete(done.obsolete_blob)
+            outcomes.append(self._record(parsed, done.outcome, result))
+        return outcomes
+
+    @staticmethod
+    def _row(parsed: ParsedInstance, sink: SpooledBlob, key: str) -> InstanceRow:
+        return InstanceRow(
+            study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_uid,
+            study=parsed.study, series=parsed.series, instance=parsed.instance,
+            study_attrs=parsed.study_attrs, series_attrs=parsed.series_attrs, dicom_json=parsed.dicom_json,
+            blob_key=key, size=sink.size, digest=sink.digest)
+
+    @staticmethod
+    def _record(parsed: ParsedInstance, outcome: Outcome, result: StowResult) -> Outcome:
         if outcome in _FAILURES:
             result.failed.append((parsed.sop_class_uid, parsed.sop_uid, _FAILURES[outcome]))
         else:
             result.referenced.append((parsed.sop_class_uid, parsed.sop_uid, parsed.study_uid, parsed.series_uid))
             result.studies.add(parsed.study_uid)
         return outcome
-
-    def _place(self, sink: SpooledBlob, parsed: ParsedInstance) -> Outcome:
-        with self.sessions() as session:
-            known = find_instance(session, parsed.sop_uid)
-        if known is not None and known[0] == sink.digest:
-            sink.discard()  # the same bytes again: nothing to write
-            return Outcome.ALREADY_STORED
-        if known is not None and not self.overwrite:
-            sink.discard()
-            return Outcome.DUPLICATE
-        key = self.blobs.commit(sink)
-        row = InstanceRow(
-            study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_uid,
-            study=parsed.study, series=parsed.series, instance=parsed.instance,
-            study_attrs=parsed.study_attrs, series_attrs=parsed.series_attrs, dicom_json=parsed.dicom_json,
-            blob_key=key, size=sink.size, digest=sink.digest)
-        try:
-            with write_session(self.sessions) as session:
-                stored = store_instance(session, row, self.overwrite)
-        except BaseException:
-            self.blobs.delete(key)
-            raise
-        if stored.obsolete_blob:
-            self.blobs.delete(stored.obsolete_blob)
-        return stored.outcome

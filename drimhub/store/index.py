@@ -57,74 +57,113 @@ class StoreResult:
     obsolete_blob: str | None = None
 
 
-def _insert(session: Session, model: type[Any], values: dict[str, Any], key: str) -> None:
+def _insert_returning_pk(session: Session, model: Any, values: dict[str, Any], key: str) -> int | None:
+    """INSERT ... ON CONFLICT (key) DO NOTHING RETURNING pk: the new pk, or None on conflict."""
     dialect = session.get_bind().dialect.name
     ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt = ins(model).values(**values).on_conflict_do_nothing(index_elements=[key])
-    session.execute(stmt)
-
-
-def _study_pk(session: Session, row: InstanceRow) -> int:
-    pk = session.scalar(select(Study.pk).where(Study.study_uid == row.study_uid))
-    if pk is None:
-        _insert(session, Study, {"study_uid": row.study_uid, "attrs": row.study_attrs, **row.study}, "study_uid")
-        pk = session.scalar(select(Study.pk).where(Study.study_uid == row.study_uid))
-    assert pk is not None
+    stmt = ins(model).values(**values).on_conflict_do_nothing(index_elements=[key]).returning(model.pk)
+    pk: int | None = session.scalar(stmt)
     return pk
 
 
-def _series_pk(session: Session, row: InstanceRow, study_pk: int) -> int | None:
-    """Primary key of the instance's series, or None when it belongs to another study."""
-    found = session.execute(select(Series.pk, Series.study_pk).where(Series.series_uid == row.series_uid)).first()
-    if found is None:
-        _insert(session, Series, {"series_uid": row.series_uid, "study_pk": study_pk,
-                                  "attrs": row.series_attrs, **row.series}, "series_uid")
-        found = session.execute(select(Series.pk, Series.study_pk).where(Series.series_uid == row.series_uid)).one()
-    return found.pk if found.study_pk == study_pk else None
+class _Parents:
+    """Study and series primary keys seen in one transaction (most rows share them)."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.studies: dict[str, int] = {}
+        self.series: dict[str, tuple[int, int]] = {}
+
+    def study_pk(self, row: InstanceRow) -> int:
+        if row.study_uid not in self.studies:
+            pk = self.session.scalar(select(Study.pk).where(Study.study_uid == row.study_uid))
+            if pk is None:
+                pk = _insert_returning_pk(self.session, Study, {"study_uid": row.study_uid, "attrs": row.study_attrs,
+                                                                **row.study}, "study_uid")
+            if pk is None:  # inserted by a concurrent transaction meanwhile
+                pk = self.session.scalar(select(Study.pk).where(Study.study_uid == row.study_uid))
+            assert pk is not None
+            self.studies[row.study_uid] = pk
+        return self.studies[row.study_uid]
+
+    def series_pk(self, row: InstanceRow, study_pk: int) -> int | None:
+        """Primary key of the row's series, or None when it belongs to another study."""
+        if row.series_uid not in self.series:
+            found = self.session.execute(select(Series.pk, Series.study_pk)
+                                         .where(Series.series_uid == row.series_uid)).first()
+            if found is None:
+                pk = _insert_returning_pk(self.session, Series, {"series_uid": row.series_uid, "study_pk": study_pk,
+                                                                 "attrs": row.series_attrs, **row.series}, "series_uid")
+                found = (pk, study_pk) if pk is not None else self.session.execute(
+                    select(Series.pk, Series.study_pk).where(Series.series_uid == row.series_uid)).one()
+            self.series[row.series_uid] = (found[0], found[1])
+        pk, owner = self.series[row.series_uid]
+        return pk if owner == study_pk else None
 
 
-def find_instance(session: Session, sop_uid: str) -> tuple[str, str] | None:
-    """(digest, blob key) of a stored instance, or None."""
-    found = session.execute(select(Instance.digest, Instance.blob_key).where(Instance.sop_uid == sop_uid)).first()
-    return (found.digest, found.blob_key) if found else None
+def known_instances(session: Session, sop_uids: list[str]) -> dict[str, tuple[str, str]]:
+    """(digest, blob key) of each of ``sop_uids`` that is stored."""
+    found: dict[str, tuple[str, str]] = {}
+    for start in range(0, len(sop_uids), 500):
+        chunk = sop_uids[start:start + 500]
+        rows = session.execute(select(Instance.sop_uid, Instance.digest, Instance.blob_key)
+                               .where(Instance.sop_uid.in_(chunk)))
+        found.update({r.sop_uid: (r.digest, r.blob_key) for r in rows})
+    return found
 
 
-def store_instance(session: Session, row: InstanceRow, overwrite: bool) -> StoreResult:
-    """Index ``row`` in the open transaction of ``session`` (the caller commits).
+def store_instances(session: Session, rows: list[InstanceRow], overwrite: bool) -> list[StoreResult]:
+    """Index ``rows`` in the open write transaction of ``session`` (the caller commits).
 
     Parameters
     ----------
     session : Session
         A session in a write transaction.
-    row : InstanceRow
-        The instance, its blob already in place.
+    rows : list of InstanceRow
+        The instances, their blobs already in place.
     overwrite : bool
         Replace a stored instance with the same SOP Instance UID and other bytes.
+
+    Returns
+    -------
+    list of StoreResult
+        One per row, in order.
     """
-    existing = session.execute(
-        select(Instance.pk, Instance.digest, Instance.blob_key, Series.series_uid, Study.study_uid)
-        .join(Series, Instance.series_pk == Series.pk).join(Study, Series.study_pk == Study.pk)
-        .where(Instance.sop_uid == row.sop_uid)
-    ).first()
-    if existing is not None:
-        if existing.digest == row.digest:
+    known = known_instances(session, [r.sop_uid for r in rows])
+    parents = _Parents(session)
+    return [_store_one(session, row, known.get(row.sop_uid), overwrite, parents) for row in rows]
+
+
+def _store_one(session: Session, row: InstanceRow, known: tuple[str, str] | None, overwrite: bool,
+               parents: _Parents) -> StoreResult:
+    replaced: str | None = None
+    if known is not None:
+        if known[0] == row.digest:
             return StoreResult(Outcome.ALREADY_STORED, obsolete_blob=row.blob_key)
-        same_place = (existing.series_uid, existing.study_uid) == (row.series_uid, row.study_uid)
-        if not overwrite or not same_place:
+        if not overwrite or not _same_place(session, row):
             return StoreResult(Outcome.DUPLICATE, obsolete_blob=row.blob_key)
-        session.execute(delete(Instance).where(Instance.pk == existing.pk))
-    study_pk = _study_pk(session, row)
-    series_pk = _series_pk(session, row, study_pk)
+        session.execute(delete(Instance).where(Instance.sop_uid == row.sop_uid))
+        replaced = known[1]
+    study_pk = parents.study_pk(row)
+    series_pk = parents.series_pk(row, study_pk)
     if series_pk is None:
         return StoreResult(Outcome.SERIES_IN_OTHER_STUDY, obsolete_blob=row.blob_key)
     values = {"series_pk": series_pk, "sop_uid": row.sop_uid, "blob_key": row.blob_key, "size": row.size,
               "digest": row.digest, "dicom_json": row.dicom_json, **row.instance}
-    _insert(session, Instance, values, "sop_uid")
-    winner = find_instance(session, row.sop_uid)
-    if winner is None or winner[1] != row.blob_key:
-        # a concurrent request stored this SOP Instance UID first
+    if _insert_returning_pk(session, Instance, values, "sop_uid") is None:
+        # a concurrent transaction stored this SOP Instance UID first
+        winner = known_instances(session, [row.sop_uid]).get(row.sop_uid)
         outcome = Outcome.ALREADY_STORED if winner and winner[0] == row.digest else Outcome.DUPLICATE
         return StoreResult(outcome, obsolete_blob=row.blob_key)
-    if existing is not None:
-        return StoreResult(Outcome.REPLACED, obsolete_blob=existing.blob_key)
+    if replaced is not None:
+        return StoreResult(Outcome.REPLACED, obsolete_blob=replaced)
     return StoreResult(Outcome.STORED)
+
+
+def _same_place(session: Session, row: InstanceRow) -> bool:
+    """True when the stored instance with ``row``'s SOP Instance UID is in the same series and study."""
+    found = session.execute(
+        select(Series.series_uid, Study.study_uid)
+        .join(Instance, Instance.series_pk == Series.pk).join(Study, Series.study_pk == Study.pk)
+        .where(Instance.sop_uid == row.sop_uid)).first()
+    return found is not None and (found.series_uid, found.study_uid) == (row.series_uid, row.study_uid)
