@@ -13,11 +13,12 @@ from typing import Any, BinaryIO
 
 import orjson
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
-from drimhub.dicomweb.attributes import BULK_THRESHOLD, BULK_VRS, SERIES_TAGS, STUDY_TAGS
+from drimhub.dicomweb.attributes import BULK_THRESHOLD, BULK_VRS, PIXEL_DATA, SERIES_TAGS, STUDY_TAGS
 from drimhub.dicomweb.normalize import fold_text, time_key
 from drimhub.dicomweb.status import FailureReason
 from drimhub.dicomweb.uids import is_valid_uid
@@ -112,29 +113,54 @@ def _uid(ds: Dataset, keyword: str, required: bool = True) -> str:
     return value
 
 
-def _text(ds: Dataset, keyword: str) -> str | None:
-    value = ds.get(keyword)
-    if value is None or value == "":
+#: Index columns of each level: column -> (attribute keyword, how its first value is kept).
+#: "text" as is, "int" as an integer, "fold" folded for PN matching, "time" as a TM key.
+STUDY_COLUMNS = {
+    "patient_id": ("PatientID", "text"), "issuer_of_patient_id": ("IssuerOfPatientID", "text"),
+    "patient_name": ("PatientName", "text"), "patient_name_key": ("PatientName", "fold"),
+    "patient_birth_date": ("PatientBirthDate", "text"), "patient_sex": ("PatientSex", "text"),
+    "study_date": ("StudyDate", "text"), "study_time": ("StudyTime", "time"),
+    "accession_number": ("AccessionNumber", "text"), "study_id": ("StudyID", "text"),
+    "study_description": ("StudyDescription", "text"),
+    "referring_physician_key": ("ReferringPhysicianName", "fold"), "institution_name": ("InstitutionName", "text"),
+}
+SERIES_COLUMNS = {
+    "modality": ("Modality", "text"), "series_number": ("SeriesNumber", "int"),
+    "series_description": ("SeriesDescription", "text"), "body_part": ("BodyPartExamined", "text"),
+    "pps_start_date": ("PerformedProcedureStepStartDate", "text"),
+    "pps_start_time": ("PerformedProcedureStepStartTime", "time"),
+}
+INSTANCE_COLUMNS = {
+    "instance_number": ("InstanceNumber", "int"), "rows": ("Rows", "int"), "columns": ("Columns", "int"),
+    "bits_allocated": ("BitsAllocated", "int"), "samples_per_pixel": ("SamplesPerPixel", "int"),
+    "number_of_frames": ("NumberOfFrames", "int"),
+}
+_TAGS = {kw: f"{tag_for_keyword(kw):08X}" for table in (STUDY_COLUMNS, SERIES_COLUMNS, INSTANCE_COLUMNS)
+         for kw, _ in table.values()}
+
+
+def _first(full: dict[str, Any], keyword: str, kind: str) -> Any:
+    """First value of an attribute in DICOM JSON, kept as ``kind`` says (None when absent)."""
+    element = full.get(_TAGS[keyword])
+    values = element.get("Value") if element else None
+    value = values[0] if values else None
+    if isinstance(value, dict):  # PN: the alphabetic group (PS3.18 F.2.2)
+        value = value.get("Alphabetic")
+    if value is None:
         return None
-    return str(value).strip() or None
-
-
-def _int(ds: Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
+    if kind == "int":
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            return None
+    text = str(value).strip()
+    if not text:
         return None
+    return fold_text(text) if kind == "fold" else time_key(text) if kind == "time" else text
 
 
-def _folded(ds: Dataset, keyword: str) -> str | None:
-    text = _text(ds, keyword)
-    return fold_text(text) if text else None
-
-
-def _time(ds: Dataset, keyword: str) -> str | None:
-    text = _text(ds, keyword)
-    return time_key(text) if text else None
+def _columns(full: dict[str, Any], table: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    return {column: _first(full, keyword, kind) for column, (keyword, kind) in table.items()}
 
 
 def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None] | None) -> ParsedInstance:
@@ -151,61 +177,35 @@ def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None]
                                  sop_class, sop)
     prefix = f"{BULK_PREFIX}/studies/{study_uid}/series/{series_uid}/instances/{sop}/bulkdata/"
     full = to_dicom_json(ds, prefix)
+    instance = _columns(full, INSTANCE_COLUMNS)
+    has_pixels = pixel is not None and pixel[0] == PIXEL_DATA
     if pixel is not None:
-        full[pixel[0]] = {"vr": "OW" if tsuid.is_implicit_VR else _pixel_vr(ds, tsuid),
-                          "BulkDataURI": prefix + pixel[0]}
+        full[pixel[0]] = {"vr": _pixel_vr(tsuid, instance["bits_allocated"]), "BulkDataURI": prefix + pixel[0]}
     full = dict(sorted(full.items()))
-    study_attrs = {k: v for k, v in full.items() if k in STUDY_TAGS}
-    series_attrs = {k: v for k, v in full.items() if k in SERIES_TAGS}
-    has_pixels = pixel is not None and pixel[0] == "7FE00010"
+    if has_pixels and pixel:
+        instance["number_of_frames"] = instance["number_of_frames"] or 1
+        instance["pixel_offset"], instance["pixel_length"] = pixel[1], pixel[2]
+    else:
+        instance["pixel_offset"] = instance["pixel_length"] = None
     return ParsedInstance(
         study_uid=study_uid, series_uid=series_uid, sop_uid=sop, sop_class_uid=sop_class,
         transfer_syntax=str(tsuid),
-        study={
-            "patient_id": _text(ds, "PatientID"),
-            "issuer_of_patient_id": _text(ds, "IssuerOfPatientID"),
-            "patient_name": _text(ds, "PatientName"),
-            "patient_name_key": _folded(ds, "PatientName"),
-            "patient_birth_date": _text(ds, "PatientBirthDate"),
-            "patient_sex": _text(ds, "PatientSex"),
-            "study_date": _text(ds, "StudyDate"),
-            "study_time": _time(ds, "StudyTime"),
-            "accession_number": _text(ds, "AccessionNumber"),
-            "study_id": _text(ds, "StudyID"),
-            "study_description": _text(ds, "StudyDescription"),
-            "referring_physician_key": _folded(ds, "ReferringPhysicianName"),
-            "institution_name": _text(ds, "InstitutionName"),
-        },
-        series={
-            "modality": _text(ds, "Modality"),
-            "series_number": _int(ds, "SeriesNumber"),
-            "series_description": _text(ds, "SeriesDescription"),
-            "body_part": _text(ds, "BodyPartExamined"),
-            "pps_start_date": _text(ds, "PerformedProcedureStepStartDate"),
-            "pps_start_time": _time(ds, "PerformedProcedureStepStartTime"),
-        },
-        instance={
-            "sop_class_uid": sop_class,
-            "instance_number": _int(ds, "InstanceNumber"),
-            "transfer_syntax": str(tsuid),
-            "rows": _int(ds, "Rows"),
-            "columns": _int(ds, "Columns"),
-            "bits_allocated": _int(ds, "BitsAllocated"),
-            "samples_per_pixel": _int(ds, "SamplesPerPixel"),
-            "number_of_frames": (_int(ds, "NumberOfFrames") or 1) if has_pixels else _int(ds, "NumberOfFrames"),
-            "pixel_offset": pixel[1] if has_pixels and pixel else None,
-            "pixel_length": pixel[2] if has_pixels and pixel else None,
-        },
-        study_attrs=orjson.dumps(study_attrs),
-        series_attrs=orjson.dumps(series_attrs),
+        study=_columns(full, STUDY_COLUMNS),
+        series=_columns(full, SERIES_COLUMNS),
+        instance={"sop_class_uid": sop_class, "transfer_syntax": str(tsuid), **instance},
+        study_attrs=orjson.dumps({k: v for k, v in full.items() if k in STUDY_TAGS}),
+        series_attrs=orjson.dumps({k: v for k, v in full.items() if k in SERIES_TAGS}),
         dicom_json=orjson.dumps(full),
     )
 
 
-def _pixel_vr(ds: Dataset, tsuid: UID) -> str:
+def _pixel_vr(tsuid: UID, bits_allocated: int | None) -> str:
+    """VR of Pixel Data (PS3.5 §8.2): OB when encapsulated or 8 bits, OW otherwise."""
+    if tsuid.is_implicit_VR:
+        return "OW"
     if tsuid.is_encapsulated:
         return "OB"
-    return "OW" if (_int(ds, "BitsAllocated") or 16) > 8 else "OB"
+    return "OW" if (bits_allocated or 16) > 8 else "OB"
 
 
 def to_dicom_json(ds: Dataset, bulk_prefix: str) -> dict[str, Any]:

@@ -177,6 +177,7 @@ class StoreService:
                 outcomes.append(self._record(parsed, outcome, result))
                 continue
             placed.append((parsed, self._row(parsed, sink, self.blobs.commit(sink))))
+        self.blobs.flush([row.blob_key for _, row in placed])  # durable before any row points to them
         try:
             with write_session(self.sessions) as session:
                 stored = store_instances(session, [row for _, row in placed], self.overwrite)
