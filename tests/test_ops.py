@@ -30,3 +30,11 @@ def test_malformed_uid_is_400_before_any_service(client: FlaskClient) -> None:
     r = client.post("/dicom-web/studies/abc$def", data=b"", headers={"Content-Type": "multipart/related; boundary=x"})
     assert r.status_code == 400
     assert "not a valid UID" in r.json["message"]
+
+
+def test_conformance_statement_markdown_and_json(client: FlaskClient) -> None:
+    md = client.get("/conformance/dicomweb")
+    assert md.mimetype == "text/markdown"
+    assert "| §10.5 |" in md.get_data(as_text=True)
+    js = client.get("/conformance/dicomweb", headers={"Accept": "application/json"}).json
+    assert {row["section"] for row in js["rows"]} >= {"10.4.1.1.1", "10.5", "10.6"}

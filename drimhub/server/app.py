@@ -29,9 +29,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     db.init_app(app)
     ops.init_app(app)
 
+    from drimhub.conformance import routes as conformance_routes
     from drimhub.dicomweb import routes as dicomweb_routes
 
     dicomweb_routes.init_app(app)
+    conformance_routes.init_app(app)
     return app
 
 

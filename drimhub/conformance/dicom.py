@@ -1,0 +1,73 @@
+"""The DICOMweb conformance statement: what drimhub supports, section by section of PS3.18.
+
+Kept as data (one row per service and section) and rendered as Markdown or JSON, so that the
+statement served at ``/conformance/dicomweb`` and the README say the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Row(NamedTuple):
+    section: str
+    feature: str
+    status: str  # "supported", "partial" or "not supported"
+    notes: str
+
+
+#: PS3.18 edition this statement was written against.
+EDITION = "DICOM PS3.18 2024 and later"
+
+STATEMENT: tuple[Row, ...] = (
+    Row("10.5", "Store Instances (STOW-RS): POST /studies and /studies/{study}", "supported",
+        'multipart/related; type="application/dicom" only (a transfer-syntax parameter is accepted); other '
+        "media types: 415; no boundary or malformed body: 400. The body is streamed: each part is spooled "
+        "to disk, its header parsed without the pixel data."),
+    Row("10.5.3", "Store response: 200 / 202 / 409 / 400 (Table 10.5.3-1)", "supported",
+        "ReferencedSOPSequence with a RetrieveURL per instance, FailedSOPSequence with FailureReason, the "
+        "study's RetrieveURL. 0xC000 cannot understand; 0xA900 Study Instance UID differs from the target "
+        "URL's, or the series already belongs to another study; 0x0111 same SOP Instance UID with other "
+        "content (policy 'reject', DRIMHUB_STOW_DUPLICATE_POLICY=overwrite replaces it); 0x0110 processing "
+        "failure. The same bytes sent again: success, nothing written."),
+    Row("10.6", "Search (QIDO-RS): the six search URLs", "supported",
+        "/studies, /series, /instances, /studies/{s}/series, /studies/{s}/instances, "
+        "/studies/{s}/series/{se}/instances; application/dicom+json (application/json accepted); "
+        "no match: 200 with []."),
+    Row("8.3.4", "Query parameters: attributes by keyword or tag, includefield, limit, offset", "supported",
+        "Single value, wildcard * and ?, date/time ranges (open ranges too), UID lists, universal matching. "
+        "PatientName and ReferringPhysicianName match case- and accent-insensitively; other strings exactly. "
+        "Unknown or malformed parameters: 400. Answers larger than DRIMHUB_QIDO_MAX_RESULTS are truncated "
+        "with a Warning: 299 header."),
+    Row("8.3.4.2", "fuzzymatching", "partial", "See the Warning header of the answer."),
+    Row("10.4.1.1.1", "Retrieve study, series, instance (WADO-RS)", "supported",
+        'multipart/related; type="application/dicom", streamed. transfer-syntax=* serves as stored; the '
+        "default is Explicit VR Little Endian (compressed instances are decompressed); other syntaxes: 406 "
+        "until transcoding lands."),
+    Row("10.4.1.1.2", "Retrieve metadata (study, series, instance)", "supported",
+        "application/dicom+json with bulk data as BulkDataURI, served from the stored JSON without reading "
+        "the files; ETag, and 304 on If-None-Match."),
+    Row("10.4.1.1.5", "Retrieve bulk data", "supported", "Every BulkDataURI the metadata hands out answers."),
+    Row("10.4.1.1.6", "Retrieve frames", "supported",
+        "application/octet-stream for native pixel data; compressed frames as stored when accepted, "
+        "decoded otherwise. A frame past the end: 404."),
+    Row("10.4.1.1.3", "Rendered and thumbnail resources", "not supported", "Planned (pixels issue)."),
+    Row("8.9", "Retrieve capabilities (OPTIONS)", "partial", "OPTIONS answers with an Allow header; no WADL."),
+    Row("9", "WADO-URI", "not supported", "Planned (pixels issue)."),
+    Row("11", "Worklist (UPS-RS)", "not supported", ""),
+    Row("-", "DELETE /studies/{s}[/series/{se}[/instances/{i}]] (vendor extension)", "supported",
+        "Removes the rows, then the blobs."),
+)
+
+
+def to_markdown() -> str:
+    """The statement as a Markdown document."""
+    lines = [f"# drimhub DICOMweb conformance statement\n\nWritten against {EDITION}.\n",
+             "| PS3.18 | feature | status | notes |", "|---|---|---|---|"]
+    lines += [f"| §{r.section} | {r.feature} | {r.status} | {r.notes} |" for r in STATEMENT]
+    return "\n".join(lines) + "\n"
+
+
+def to_json() -> dict[str, object]:
+    """The statement as JSON-ready data."""
+    return {"edition": EDITION, "rows": [r._asdict() for r in STATEMENT]}
