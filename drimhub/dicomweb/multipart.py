@@ -32,6 +32,54 @@ def media_type(header: str | None) -> tuple[str, dict[str, str]]:
     return value.lower(), {k.lower(): v for k, v in params.items()}
 
 
+class _Collector:
+    """python-multipart callbacks that route each part's bytes into a new sink."""
+
+    def __init__(self, new_sink: Callable[[], Sink]) -> None:
+        self.new_sink = new_sink
+        self.done: list[tuple[dict[str, str], Sink]] = []
+        self.headers: dict[str, str] = {}
+        self.field = b""
+        self.value = b""
+        self.sink: Sink | None = None
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {"on_part_begin": self.on_part_begin, "on_header_field": self.on_header_field,
+                "on_header_value": self.on_header_value, "on_header_end": self.on_header_end,
+                "on_headers_finished": self.on_headers_finished, "on_part_data": self.on_part_data,
+                "on_part_end": self.on_part_end}
+
+    def on_part_begin(self) -> None:
+        self.headers, self.sink = {}, None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self.headers[self.field.decode("latin-1").strip().lower()] = self.value.decode("latin-1").strip()
+        self.field, self.value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        self.sink = self.new_sink()
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        assert self.sink is not None
+        self.sink.write(memoryview(data)[start:end])
+
+    def on_part_end(self) -> None:
+        self.done.append((self.headers, self.sink or self.new_sink()))
+        self.sink = None
+
+    def discard_pending(self) -> None:
+        for _, sink in self.done:
+            sink.discard()
+        if self.sink is not None:
+            self.sink.discard()
+
+
 def read_parts(stream: IO[bytes], boundary: str, new_sink: Callable[[], Sink]) -> Iterator[tuple[dict[str, str], Sink]]:
     """Yield ``(headers, sink)`` for each part of a multipart body, as soon as it is complete.
 
@@ -39,72 +87,25 @@ def read_parts(stream: IO[bytes], boundary: str, new_sink: Callable[[], Sink]) -
     sink. On a malformed body the sinks not yet yielded are discarded and
     :class:`InvalidRequest` is raised.
     """
-    done: list[tuple[dict[str, str], Sink]] = []
-    state: dict[str, object] = {"headers": {}, "field": b"", "value": b"", "sink": None}
-
-    def on_part_begin() -> None:
-        state["headers"] = {}
-        state["sink"] = None
-
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] = bytes(state["field"]) + data[start:end]  # type: ignore[arg-type]
-
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        state["value"] = bytes(state["value"]) + data[start:end]  # type: ignore[arg-type]
-
-    def on_header_end() -> None:
-        headers = state["headers"]
-        assert isinstance(headers, dict)
-        headers[bytes(state["field"]).decode("latin-1").strip().lower()] = bytes(state["value"]).decode("latin-1").strip()  # type: ignore[arg-type]
-        state["field"] = b""
-        state["value"] = b""
-
-    def on_headers_finished() -> None:
-        state["sink"] = new_sink()
-
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        sink = state["sink"]
-        assert sink is not None
-        sink.write(memoryview(data)[start:end])  # type: ignore[attr-defined]
-
-    def on_part_end() -> None:
-        sink = state["sink"]
-        if sink is None:  # a part with no header block at all
-            sink = new_sink()
-        headers = state["headers"]
-        assert isinstance(headers, dict)
-        done.append((headers, sink))  # type: ignore[arg-type]
-        state["sink"] = None
-
-    parser = MultipartParser(boundary, {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field,
-        "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-        "on_part_end": on_part_end,
-    }, max_header_count=32)
+    collector = _Collector(new_sink)
+    parser = MultipartParser(boundary, collector.callbacks(), max_header_count=32)  # type: ignore[arg-type]
     try:
-        while True:
-            chunk = stream.read(_CHUNK)
-            if not chunk:
-                break
-            try:
-                parser.write(chunk)
-            except Exception as exc:  # python-multipart raises its own MultipartParseError
-                raise InvalidRequest(f"malformed multipart body: {exc}") from exc
-            while done:
-                yield done.pop(0)
-        try:
-            parser.finalize()
-        except Exception as exc:
-            raise InvalidRequest(f"malformed multipart body: {exc}") from exc
-        while done:
-            yield done.pop(0)
+        while chunk := stream.read(_CHUNK):
+            _feed(parser.write, chunk)
+            while collector.done:
+                yield collector.done.pop(0)
+        _feed(lambda _: parser.finalize(), b"")
+        while collector.done:
+            yield collector.done.pop(0)
     finally:
-        for _, sink in done:
-            sink.discard()
-        pending = state["sink"]
-        if pending is not None:
-            pending.discard()  # type: ignore[attr-defined]
+        collector.discard_pending()
+
+
+def _feed(step: Callable[[bytes], object], chunk: bytes) -> None:
+    try:
+        step(chunk)
+    except Exception as exc:  # python-multipart raises its own MultipartParseError and ValueError
+        raise InvalidRequest(f"malformed multipart body: {exc}") from exc
 
 
 def new_boundary() -> str:
