@@ -53,7 +53,7 @@ def _json_list(items: list[str]) -> str:
 def metrics() -> Response:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         data = generate_latest(registry)
     else:
         data = generate_latest()

@@ -10,7 +10,7 @@ from gunicorn.app.base import BaseApplication
 def _child_exit(_server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
-    multiprocess.mark_process_dead(worker.pid)
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 class DrimhubServer(BaseApplication):  # type: ignore[misc]

@@ -89,16 +89,20 @@ class _Parents:
     def series_pk(self, row: InstanceRow, study_pk: int) -> int | None:
         """Primary key of the row's series, or None when it belongs to another study."""
         if row.series_uid not in self.series:
-            found = self.session.execute(select(Series.pk, Series.study_pk)
-                                         .where(Series.series_uid == row.series_uid)).first()
+            found = self._find_series(row.series_uid)
             if found is None:
                 pk = _insert_returning_pk(self.session, Series, {"series_uid": row.series_uid, "study_pk": study_pk,
                                                                  "attrs": row.series_attrs, **row.series}, "series_uid")
-                found = (pk, study_pk) if pk is not None else self.session.execute(
-                    select(Series.pk, Series.study_pk).where(Series.series_uid == row.series_uid)).one()
-            self.series[row.series_uid] = (found[0], found[1])
+                found = (pk, study_pk) if pk is not None else self._find_series(row.series_uid)
+            assert found is not None
+            self.series[row.series_uid] = found
         pk, owner = self.series[row.series_uid]
         return pk if owner == study_pk else None
+
+
+    def _find_series(self, series_uid: str) -> tuple[int, int] | None:
+        found = self.session.execute(select(Series.pk, Series.study_pk).where(Series.series_uid == series_uid)).first()
+        return (found.pk, found.study_pk) if found else None
 
 
 def known_instances(session: Session, sop_uids: list[str]) -> dict[str, tuple[str, str]]:
