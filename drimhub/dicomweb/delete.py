@@ -1,0 +1,51 @@
+"""DELETE of a study, a series or an instance (not part of PS3.18; the dcm4chee/Orthanc usage).
+
+Rows go in one write transaction (a series or study left without children goes with them);
+blobs are deleted after the commit, so a crash in between leaves orphan blobs, which the sweep
+removes, never a row pointing at a missing blob.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from drimhub.server.errors import NotFound
+from drimhub.store import retrieve
+from drimhub.store.blobs import FileBlobStore
+from drimhub.store.engine import write_session
+
+log = logging.getLogger(__name__)
+
+
+def delete(sessions: sessionmaker[Session], blobs: FileBlobStore, study: str, series: str | None = None,
+           sop: str | None = None) -> int:
+    """Delete every instance in scope; return how many were deleted.
+
+    Parameters
+    ----------
+    sessions : sessionmaker
+        The session factory (the delete runs in its own write transaction).
+    blobs : FileBlobStore
+        Where the instances' blobs are.
+    study, series, sop : str
+        The scope: a study, one of its series, or one instance of that series.
+
+    Raises
+    ------
+    NotFound
+        Nothing in scope (unknown UID, or a series of another study).
+    """
+    with write_session(sessions) as session:
+        keys = retrieve.delete_instances(session, study, series, sop)
+    if not keys:
+        raise NotFound(f"nothing to delete at study {study}" + (f" series {series}" if series else "")
+                       + (f" instance {sop}" if sop else ""))
+    for key in keys:
+        try:
+            blobs.delete(key)
+        except OSError:  # the rows are gone: the sweep removes what is left
+            log.warning("could not delete blob %s", key, exc_info=True)
+    log.info("deleted %d instance(s) of study %s", len(keys), study)
+    return len(keys)

@@ -1,0 +1,146 @@
+"""Pixel data frames and other bulk data, read from the stored blob (PS3.18 §10.4.1.1.5-6).
+
+Native pixel data is cut out of the blob by offset: frame *n* starts at
+``pixel_offset + (n - 1) * frame_size`` (PS3.5 §8.1.1: frames follow each other with no
+padding). Encapsulated frames are extracted as stored with :func:`pydicom.encaps.get_frame`
+(PS3.5 §A.4), or decoded by pydicom when the client accepts only native bytes. Nothing here
+loads more than one frame (or one non-pixel element) into memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.encaps import get_frame
+from pydicom.pixels import pixel_array
+
+from drimhub.dicomweb.negotiation import NATIVE_LITTLE_ENDIAN, Selection, is_decoded
+from drimhub.server.errors import NotFound
+from drimhub.store.blobs import FileBlobStore
+from drimhub.store.retrieve import StoredInstance
+
+PIXEL_DATA = "7FE00010"
+#: VRs whose values are bulk data a client may ask for by tag (PS3.18 §10.4.1.1.5, PS3.5 §6.2).
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_CHUNK = 1 << 20
+
+
+def check_frames(inst: StoredInstance, frames: list[int]) -> None:
+    """Raise :class:`NotFound` unless every frame number exists in ``inst`` (PS3.18 §10.4.1.1.6).
+
+    Raises
+    ------
+    NotFound
+        The instance has no pixel data, or a frame number is past NumberOfFrames.
+    """
+    if inst.rows is None or inst.number_of_frames is None:
+        raise NotFound(f"instance {inst.sop_uid} has no pixel data frames")
+    past = [n for n in frames if n > inst.number_of_frames]
+    if past:
+        raise NotFound(f"frame {past[0]} is past the end: instance {inst.sop_uid} has "
+                       f"{inst.number_of_frames} frame(s)")
+
+
+def native_frame_size(inst: StoredInstance) -> int | None:
+    """Bytes per frame of native pixel data, or None when frames do not start on a byte boundary.
+
+    PS3.5 §8.1.1: Rows x Columns x Samples per Pixel x Bits Allocated bits per frame; with Bits
+    Allocated 1 a frame may end inside a byte, and the next one starts in that byte.
+    """
+    bits = (inst.rows or 0) * (inst.columns or 0) * (inst.samples_per_pixel or 1) * (inst.bits_allocated or 0)
+    return bits // 8 if bits % 8 == 0 else None
+
+
+def _native_range(inst: StoredInstance, number: int) -> tuple[int, int] | None:
+    """(offset, length) of frame ``number`` in the blob, when it can be cut out directly."""
+    size = native_frame_size(inst)
+    if (inst.transfer_syntax not in NATIVE_LITTLE_ENDIAN or size is None or inst.pixel_offset is None
+            or inst.pixel_length is None or number * size > inst.pixel_length):
+        return None
+    return inst.pixel_offset + (number - 1) * size, size
+
+
+def frame_length(inst: StoredInstance, number: int, selection: Selection) -> int | None:
+    """Length of the frame in ``selection`` when known without reading it (native pixel data)."""
+    found = _native_range(inst, number) if selection.transfer_syntax in NATIVE_LITTLE_ENDIAN else None
+    return found[1] if found else None
+
+
+def frame_chunks(blobs: FileBlobStore, inst: StoredInstance, number: int, selection: Selection) -> Iterator[bytes]:
+    """Yield the bytes of frame ``number`` (1-based) in the representation ``selection``.
+
+    A generator: nothing is read before the first ``next()``.
+    """
+    found = _native_range(inst, number)
+    if found is not None:
+        yield from blobs.iter_range(inst.blob_key, found[0], found[1])
+    elif is_decoded(selection, inst.transfer_syntax) or inst.transfer_syntax in NATIVE_LITTLE_ENDIAN:
+        yield decoded_frame(blobs, inst, number)
+    else:
+        yield encapsulated_frame(blobs, inst, number)
+
+
+def encapsulated_frame(blobs: FileBlobStore, inst: StoredInstance, number: int) -> bytes:
+    """The compressed bytes of frame ``number``, fragments joined, as stored (PS3.5 §A.4)."""
+    if inst.pixel_offset is None:
+        ds = dcmread(blobs.path(inst.blob_key))
+        return get_frame(ds.PixelData, number - 1, number_of_frames=inst.number_of_frames)
+    with blobs.open(inst.blob_key) as fp:
+        fp.seek(inst.pixel_offset)
+        return get_frame(fp, number - 1, number_of_frames=inst.number_of_frames)
+
+
+def decoded_frame(blobs: FileBlobStore, inst: StoredInstance, number: int) -> bytes:
+    """Frame ``number`` decoded by pydicom, as little-endian native bytes (PS3.18 Table 8.7.3-4).
+
+    Color frames come back as RGB (pydicom converts YBR); with Bits Allocated 1 the pixels are
+    packed again, eight to a byte, least significant bit first (PS3.5 §8.1.1).
+    """
+    arr: np.ndarray[Any, Any] = pixel_array(str(blobs.path(inst.blob_key)), index=number - 1)
+    if inst.bits_allocated == 1:
+        return np.packbits(arr.astype(np.uint8).ravel(), bitorder="little").tobytes()
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def pixel_data_length(inst: StoredInstance, selection: Selection) -> int | None:
+    """Length of the whole native Pixel Data value, when it is served straight from the blob."""
+    if (inst.transfer_syntax in NATIVE_LITTLE_ENDIAN and inst.pixel_offset is not None
+            and inst.pixel_length is not None and selection.transfer_syntax in NATIVE_LITTLE_ENDIAN):
+        return inst.pixel_length
+    return None
+
+
+def pixel_data_chunks(blobs: FileBlobStore, inst: StoredInstance, selection: Selection) -> Iterator[bytes]:
+    """All frames as one native value: the stored range, or decoded frame by frame."""
+    if pixel_data_length(inst, selection) is not None:
+        assert inst.pixel_offset is not None
+        yield from blobs.iter_range(inst.blob_key, inst.pixel_offset, inst.pixel_length)
+        return
+    if inst.bits_allocated == 1 and (inst.number_of_frames or 1) > 1 and native_frame_size(inst) is None:
+        arr = pixel_array(str(blobs.path(inst.blob_key)))
+        yield np.packbits(arr.astype(np.uint8).ravel(), bitorder="little").tobytes()
+        return
+    for number in range(1, (inst.number_of_frames or 1) + 1):
+        yield decoded_frame(blobs, inst, number)
+
+
+def read_element(blobs: FileBlobStore, inst: StoredInstance, tag: str) -> bytes:
+    """The value of a top-level binary element other than Pixel Data, read with pydicom.
+
+    Only that element is read (``specific_tags``); the others are skipped over.
+
+    Raises
+    ------
+    NotFound
+        No such element, or not one whose value is bulk data.
+    """
+    number = int(tag, 16)
+    ds = dcmread(blobs.path(inst.blob_key), specific_tags=[number])
+    elem = ds.get(number)
+    if elem is None or elem.VR not in BINARY_VRS or elem.value is None:
+        raise NotFound(f"instance {inst.sop_uid} has no bulk data element {tag}")
+    value = elem.value
+    return bytes(value) if not isinstance(value, bytes) else value

@@ -1,0 +1,275 @@
+"""WADO-RS (PS3.18 §10.4): instances, metadata, bulk data and frames of stored studies.
+
+Each function takes a read session and the blob store, and returns a :class:`WadoAnswer`
+(status, headers, body) that the view wraps in a response. Bodies are generators of part
+headers and file chunks: every row is fetched before the answer is returned, so streaming needs
+no session, and no more than one instance (when it is transcoded) or one frame is ever held in
+memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from sqlalchemy.orm import Session
+
+from drimhub.dicomweb import frames as fr
+from drimhub.dicomweb import negotiation as neg
+from drimhub.dicomweb.ingest import BULK_PREFIX
+from drimhub.dicomweb.multipart import new_boundary, write_parts
+from drimhub.server.errors import NotAcceptable, NotFound
+from drimhub.store import retrieve
+from drimhub.store.blobs import FileBlobStore
+from drimhub.store.retrieve import StoredInstance
+
+DICOM_JSON = "application/dicom+json"
+_TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_CHUNK = 1 << 20
+#: (content type, body chunks, length when known) of one part.
+Part = tuple[str, Iterable[bytes], int | None]
+
+
+@dataclass
+class WadoAnswer:
+    """What a view turns into a response."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: Iterable[bytes] | bytes = b""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The study, series or instance a request is about (PS3.18 §10.4.1.1)."""
+
+    study: str
+    series: str | None = None
+    sop: str | None = None
+
+    def describe(self) -> str:
+        if self.sop:
+            return f"instance {self.sop} of series {self.series} in study {self.study}"
+        if self.series:
+            return f"series {self.series} in study {self.study}"
+        return f"study {self.study}"
+
+
+def _instances(session: Session, scope: Scope) -> list[StoredInstance]:
+    found = retrieve.instances(session, scope.study, scope.series, scope.sop)
+    if not found:
+        raise NotFound(f"no {scope.describe()}")
+    return found
+
+
+def _multipart(parts: list[Part], part_type: str) -> WadoAnswer:
+    """A multipart/related answer (PS3.18 §8.6.1.2); Content-Length when every part's is known."""
+    boundary = new_boundary()
+    headers = {"Content-Type": f'multipart/related; type="{part_type}"; boundary={boundary}'}
+    lengths = [length for _, _, length in parts if length is not None]
+    if len(lengths) == len(parts):  # framing as written by multipart.write_parts
+        framing = sum(len(f"--{boundary}\r\nContent-Type: {ctype}\r\n\r\n\r\n") for ctype, _, _ in parts)
+        headers["Content-Length"] = str(framing + sum(lengths) + len(f"--{boundary}--\r\n"))
+    return WadoAnswer(200, headers, write_parts(((ctype, chunks) for ctype, chunks, _ in parts), boundary))
+
+
+# --- PS3.18 §10.4.1.1.1-3 Study, Series, Instance resources -------------------------------
+
+def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, accept: str | None) -> WadoAnswer:
+    """The instances of a study, series or one instance as ``multipart/related; type="application/dicom"``.
+
+    The transfer syntax is chosen per instance (PS3.18 §8.7.8.2 note 1): as stored, or Explicit
+    VR Little Endian transcoded instance by instance while the answer streams.
+
+    Raises
+    ------
+    NotFound
+        Nothing in scope.
+    NotAcceptable
+        Some instance cannot be produced in any representation the client accepts.
+    """
+    found = _instances(session, scope)
+    ranges = neg.parse_accept(accept)
+    chosen: dict[str, neg.Selection] = {}
+    for stored in {inst.transfer_syntax for inst in found}:
+        selection = neg.select_dicom(ranges, stored, single_part=scope.sop is not None)
+        if selection is None:
+            raise NotAcceptable(f"instances stored in {stored} cannot be sent in any acceptable "
+                                "representation (this node sends them as stored or in Explicit VR Little Endian)")
+        chosen[stored] = selection
+    parts: list[Part] = []
+    for inst in found:
+        selection = chosen[inst.transfer_syntax]
+        length = inst.size if selection.transfer_syntax == inst.transfer_syntax else None
+        parts.append((selection.content_type(), _instance_chunks(blobs, inst, selection.transfer_syntax), length))
+    if not next(iter(chosen.values())).multipart:  # a bare application/dicom for one instance
+        ctype, chunks, length = parts[0]
+        headers = {"Content-Type": ctype} | ({"Content-Length": str(length)} if length is not None else {})
+        return WadoAnswer(200, headers, chunks)
+    return _multipart(parts, neg.DICOM)
+
+
+def _instance_chunks(blobs: FileBlobStore, inst: StoredInstance, syntax: str) -> Iterator[bytes]:
+    """The Part 10 bytes of ``inst`` in ``syntax`` (a generator: work starts on first ``next()``)."""
+    if syntax == inst.transfer_syntax:
+        yield from blobs.iter_range(inst.blob_key)
+    elif inst.transfer_syntax == neg.IMPLICIT_VR_LE and _pixel_data_is_last(inst):
+        yield from _implicit_to_explicit(blobs, inst)
+    else:
+        yield from _chunked(_reencoded(blobs, inst))
+
+
+def _pixel_data_is_last(inst: StoredInstance) -> bool:
+    if inst.pixel_offset is None or inst.pixel_length is None:
+        return inst.rows is None and inst.number_of_frames is None  # no pixel data at all
+    return inst.pixel_offset + inst.pixel_length == inst.size
+
+
+def _without_group_lengths(ds: Dataset) -> None:
+    """Group lengths (gggg,0000) change with the VR encoding; they are retired (PS3.5 §7.2)."""
+    for tag in [elem.tag for elem in ds if elem.tag.element == 0]:
+        del ds[tag]
+
+
+def _implicit_to_explicit(blobs: FileBlobStore, inst: StoredInstance) -> Iterator[bytes]:
+    """Implicit VR LE → Explicit VR LE without touching pixels: the header re-encoded by pydicom,
+    then the stored Pixel Data value streamed from the blob behind an explicit OW header."""
+    ds = dcmread(blobs.path(inst.blob_key), stop_before_pixels=True)
+    _without_group_lengths(ds)
+    ds.file_meta.TransferSyntaxUID = neg.EXPLICIT_VR_LE
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    yield buf.getvalue()
+    if inst.pixel_offset is not None and inst.pixel_length is not None:
+        # (7FE0,0010) OW, 2 reserved bytes, 32-bit length (PS3.5 §7.1.2, Table 7.1-1)
+        yield b"\xe0\x7f\x10\x00OW\x00\x00" + inst.pixel_length.to_bytes(4, "little")
+        yield from blobs.iter_range(inst.blob_key, inst.pixel_offset, inst.pixel_length)
+
+
+def _reencoded(blobs: FileBlobStore, inst: StoredInstance) -> bytes:
+    """The whole instance decoded and written in Explicit VR Little Endian (one instance in memory)."""
+    ds = dcmread(blobs.path(inst.blob_key))
+    if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress(generate_instance_uid=False)  # same SOP Instance: a lossless change of encoding
+    _without_group_lengths(ds)
+    ds.file_meta.TransferSyntaxUID = neg.EXPLICIT_VR_LE
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _chunked(data: bytes) -> Iterator[bytes]:
+    view = memoryview(data)
+    for start in range(0, len(view), _CHUNK):
+        yield bytes(view[start:start + _CHUNK])
+
+
+# --- PS3.18 §10.4.1.1.2 Metadata resources ----------------------------------------------
+
+def retrieve_metadata(session: Session, scope: Scope, base: str, accept: str | None,
+                      if_none_match: str | None = None, gzip_ok: bool = False) -> WadoAnswer:
+    """DICOM JSON (PS3.18 §F.2) of every instance in scope, from the stored JSON.
+
+    The stored objects are concatenated as they are, the ``drimhub-base:`` prefix of their
+    BulkDataURIs replaced by ``base``; no JSON is parsed. The ETag hashes the base URL and the
+    (pk, digest) of each instance, so any change of the answer changes it.
+
+    Raises
+    ------
+    NotFound
+        Nothing in scope.
+    NotAcceptable
+        The client accepts no JSON.
+    """
+    if not neg.accepts_json(neg.parse_accept(accept)):
+        raise NotAcceptable("metadata is available as application/dicom+json only")
+    rows = retrieve.metadata(session, scope.study, scope.series, scope.sop)
+    if not rows:
+        raise NotFound(f"no {scope.describe()}")
+    digest = hashlib.blake2b(base.encode(), digest_size=16)
+    for pk, sha, _ in rows:
+        digest.update(f"{pk}:{sha};".encode())
+    etag = f'"{digest.hexdigest()}{"-gz" if gzip_ok else ""}"'
+    headers = {"ETag": etag, "Vary": "Accept, Accept-Encoding", "Cache-Control": "private, no-cache"}
+    if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
+        return WadoAnswer(304, headers)  # RFC 9110 §13.1.2
+    old = b'"BulkDataURI":"' + BULK_PREFIX.encode()
+    body = (b"[" + b",".join(row[2] for row in rows) + b"]").replace(old, b'"BulkDataURI":"' + base.encode())
+    headers["Content-Type"] = DICOM_JSON
+    if gzip_ok and len(body) > 1024:
+        body = gzip.compress(body, compresslevel=1)
+        headers["Content-Encoding"] = "gzip"
+    return WadoAnswer(200, headers, body)
+
+
+def _etags(header: str) -> set[str]:
+    return {tag.strip().removeprefix("W/") for tag in header.split(",")}
+
+
+# --- PS3.18 §10.4.1.1.5-6 Bulkdata and Frames resources ------------------------------------
+
+def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, numbers: list[int],
+                    accept: str | None) -> WadoAnswer:
+    """Frames of one instance, in the order asked, one part each (PS3.18 §10.4.1.1.6, §8.6.1.2).
+
+    Raises
+    ------
+    NotFound
+        No such instance, no pixel data, or a frame number past NumberOfFrames.
+    NotAcceptable
+        The frames cannot be produced in any acceptable media type.
+    """
+    inst = _instances(session, scope)[0]
+    fr.check_frames(inst, numbers)
+    selection = _select_pixels(inst, accept)
+    parts: list[Part] = [(selection.content_type(), fr.frame_chunks(blobs, inst, n, selection),
+                          fr.frame_length(inst, n, selection)) for n in numbers]
+    return _multipart(parts, selection.media_type)
+
+
+def _select_pixels(inst: StoredInstance, accept: str | None) -> neg.Selection:
+    selection = neg.select_bulk(neg.parse_accept(accept), inst.transfer_syntax)
+    if selection is None:
+        offers = ", ".join(o.content_type() for o in neg.bulk_offers(inst.transfer_syntax)) or "nothing"
+        raise NotAcceptable(f"pixel data stored in {inst.transfer_syntax} can be sent as: {offers}")
+    return selection
+
+
+def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag: str,
+                      accept: str | None) -> WadoAnswer:
+    """The value of one top-level bulk data element, as the BulkDataURIs of the metadata name it.
+
+    Pixel Data comes from the blob range as one native part, or as one part per compressed
+    frame when the client takes the stored media type (PS3.18 §8.6.1.2); other elements are read
+    with pydicom.
+
+    Raises
+    ------
+    NotFound
+        No such instance or element.
+    NotAcceptable
+        The client accepts no representation this node can produce.
+    """
+    if not _TAG.match(tag):
+        raise NotFound(f"not a bulk data tag: {tag[:16]!r}")
+    tag = tag.upper()
+    inst = _instances(session, scope)[0]
+    if tag == fr.PIXEL_DATA and inst.number_of_frames is not None:
+        selection = _select_pixels(inst, accept)
+        if inst.transfer_syntax in neg.NATIVE_LITTLE_ENDIAN or neg.is_decoded(selection, inst.transfer_syntax):
+            return _multipart([(selection.content_type(), fr.pixel_data_chunks(blobs, inst, selection),
+                                fr.pixel_data_length(inst, selection))], neg.OCTET_STREAM)
+        return _multipart([(selection.content_type(), fr.frame_chunks(blobs, inst, n, selection), None)
+                           for n in range(1, inst.number_of_frames + 1)], selection.media_type)
+    selection = neg.select_bulk(neg.parse_accept(accept), inst.transfer_syntax, pixel_data=False)
+    if selection is None:
+        raise NotAcceptable("bulk data is available as application/octet-stream only")
+    value = fr.read_element(blobs, inst, tag)  # read now: a missing element is a 404, not a broken stream
+    return _multipart([(selection.content_type(), [value], len(value))], neg.OCTET_STREAM)
+
