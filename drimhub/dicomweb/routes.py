@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
-from drimhub.dicomweb import qido
+from drimhub.dicomweb import delete, qido, wado
 from drimhub.dicomweb.stow import StoreService
 from drimhub.server.db import get_session, resources
 from drimhub.server.ops import STOW_INSTANCES
@@ -67,6 +67,69 @@ bp.add_url_rule("/studies/<uid:study>/series/<uid:series>/instances", "search_se
 
 
 # --- PS3.18 §10.4 Retrieve (WADO-RS) --------------------------------------------------------
+
+def _accept() -> str | None:
+    # PS3.18 §8.3.3.1: the "accept" query parameter, when present, replaces the Accept header
+    return request.args.get("accept") or request.headers.get("Accept")
+
+
+def _answer(answer: wado.WadoAnswer) -> Response:
+    return Response(answer.body, status=answer.status, headers=answer.headers)
+
+
+def retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    scope = wado.Scope(study, series, sop)
+    return _answer(wado.retrieve_instances(get_session(), resources().blobs, scope, _accept()))
+
+
+def retrieve_metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    gzip_ok = request.accept_encodings.quality("gzip") > 0
+    return _answer(wado.retrieve_metadata(get_session(), wado.Scope(study, series, sop), base_url(), _accept(),
+                                          request.headers.get("If-None-Match"), gzip_ok))
+
+
+def retrieve_frames(study: str, series: str, sop: str, frames: list[int]) -> Response:
+    return _answer(wado.retrieve_frames(get_session(), resources().blobs, wado.Scope(study, series, sop), frames,
+                                        _accept()))
+
+
+def retrieve_bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
+    return _answer(wado.retrieve_bulkdata(get_session(), resources().blobs, wado.Scope(study, series, sop), tag,
+                                          _accept()))
+
+
+_STUDY = "/studies/<uid:study>"
+_SERIES = _STUDY + "/series/<uid:series>"
+_INSTANCE = _SERIES + "/instances/<uid:sop>"
+bp.add_url_rule(_STUDY, "retrieve_study", retrieve, methods=["GET"])                          # §10.4.1.1.1
+bp.add_url_rule(_SERIES, "retrieve_series", retrieve, methods=["GET"])
+bp.add_url_rule(_INSTANCE, "retrieve_instance", retrieve, methods=["GET"])
+bp.add_url_rule(_STUDY + "/metadata", "study_metadata", retrieve_metadata, methods=["GET"])   # §10.4.1.1.2
+bp.add_url_rule(_SERIES + "/metadata", "series_metadata", retrieve_metadata, methods=["GET"])
+bp.add_url_rule(_INSTANCE + "/metadata", "instance_metadata", retrieve_metadata, methods=["GET"])
+bp.add_url_rule(_INSTANCE + "/bulkdata/<tag>", "bulkdata", retrieve_bulkdata, methods=["GET"])  # §10.4.1.1.5
+bp.add_url_rule(_INSTANCE + "/frames/<frames:frames>", "frames", retrieve_frames, methods=["GET"])  # §10.4.1.1.6
+
+
+# --- DELETE (outside PS3.18: 204 No Content, as dcm4chee) and OPTIONS (RFC 9110 §9.3.7) ----
+
+def delete_resource(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    res = resources()
+    delete.delete(res.sessions, res.blobs, study, series, sop)
+    return Response(status=204)
+
+
+def options_root() -> Response:
+    # the DICOMweb root has no representation of its own; OPTIONS on every other URL is
+    # answered by Flask from the route table (Allow lists the methods registered for it)
+    return Response(status=204, headers={"Allow": "OPTIONS"})
+
+
+bp.add_url_rule(_STUDY, "delete_study", delete_resource, methods=["DELETE"])
+bp.add_url_rule(_SERIES, "delete_series", delete_resource, methods=["DELETE"])
+bp.add_url_rule(_INSTANCE, "delete_instance", delete_resource, methods=["DELETE"])
+bp.add_url_rule("", "root", options_root, methods=["OPTIONS"])
+bp.add_url_rule("/", "root_slash", options_root, methods=["OPTIONS"])
 
 
 def init_app(app: Flask) -> None:
