@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -204,19 +203,13 @@ def test_metadata_gzip_when_accepted(client: FlaskClient, stored: Stored) -> Non
     assert r.headers["ETag"] != client.get(stored.url() + "/metadata").headers["ETag"]
 
 
-def test_series_metadata_of_500_instances_under_150_ms(client: FlaskClient) -> None:
+def test_series_metadata_of_500_instances_in_instance_order(client: FlaskClient) -> None:
+    # its speed is a benchmark figure (see the issue notes), not a timed test
     study, series = f.new_uid(), f.new_uid()
     store(client, [f.ct(study, series, rows=8, cols=8, instance_number=n, seed=n) for n in range(500)])
-    url = f"/dicom-web/studies/{study}/series/{series}/metadata"
-    timings = []
-    for _ in range(3):
-        start = time.perf_counter()
-        r = client.get(url)
-        timings.append(time.perf_counter() - start)
-        assert r.status_code == 200
-    assert len(r.json) == 500
-    assert r.json[0]["00200013"]["Value"] == [0] and r.json[-1]["00200013"]["Value"] == [499]
-    assert min(timings) < 0.150, timings
+    r = client.get(f"/dicom-web/studies/{study}/series/{series}/metadata")
+    assert r.status_code == 200
+    assert [i["00200013"]["Value"][0] for i in r.json] == list(range(500))
 
 
 def test_accept_query_parameter_replaces_header(client: FlaskClient, stored: Stored) -> None:
