@@ -38,3 +38,14 @@ def test_conformance_statement_markdown_and_json(client: FlaskClient) -> None:
     assert "| §10.5 |" in md.get_data(as_text=True)
     js = client.get("/conformance/dicomweb", headers={"Accept": "application/json"}).json
     assert {row["section"] for row in js["rows"]} >= {"10.4.1.1.1", "10.5", "10.6"}
+
+
+def test_cors_for_browser_viewers(client: FlaskClient) -> None:
+    r = client.get("/dicom-web/studies", headers={"Origin": "http://viewer.example"})
+    assert r.headers["Access-Control-Allow-Origin"] in ("*", "http://viewer.example")
+    pre = client.options("/dicom-web/studies/1.2.3/series/1.2.4/instances/1.2.5/frames/1", headers={
+        "Origin": "http://viewer.example", "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "accept, authorization"})
+    assert pre.status_code == 200
+    assert "authorization" in pre.headers["Access-Control-Allow-Headers"].lower()
+    assert "ETag" in client.get("/dicom-web/studies", headers={"Origin": "http://x"}).headers["Access-Control-Expose-Headers"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import pydicom.config
 from flask import Flask
+from flask_cors import CORS
 
 from drimhub.server import config, converters, db, errors, ops
 
@@ -28,6 +29,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     converters.init_app(app)
     db.init_app(app)
     ops.init_app(app)
+    CORS(app, resources={r"/(dicom-web|fhir|federated|wado)(/.*)?": {"origins": app.config["CORS_ORIGINS"]}},
+         expose_headers=["ETag", "Warning", "Content-Location", "Location", "X-Request-Id"], max_age=600)
 
     from drimhub.conformance import routes as conformance_routes
     from drimhub.dicomweb import routes as dicomweb_routes

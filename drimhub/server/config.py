@@ -29,6 +29,9 @@ DEFAULTS: dict[str, Any] = {
     # `drimhub serve` removes temporary files and orphan blobs older than this many seconds
     # before it starts serving (a crash leaves at most those behind).
     "SWEEP_MIN_AGE": 60,
+    # Origins allowed to call the APIs from a browser (a viewer such as OHIF): "*" or a list.
+    # Tokens travel in the Authorization header, never in cookies, so "*" exposes nothing.
+    "CORS_ORIGINS": "*",
     # Apply migrations when the app starts (the CLI's serve does it before forking workers).
     "AUTO_MIGRATE": True,
 }
