@@ -12,6 +12,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
 from drimhub.dicomweb import delete, qido, wado
+from drimhub.dicomweb.query import Level, parse_query
 from drimhub.dicomweb.stow import StoreService
 from drimhub.server.db import get_session, resources
 from drimhub.server.ops import STOW_INSTANCES
@@ -51,8 +52,13 @@ bp.add_url_rule("/studies/<uid:study>", "store_study", store, methods=["POST"])
 # --- PS3.18 §10.6 Search (QIDO-RS) ----------------------------------------------------------
 
 def search(level: str, study: str | None = None, series: str | None = None) -> Response:
-    return qido.search_response(get_session(), level, request.args, base_url(), study, series,
-                                current_app.config["QIDO_MAX_RESULTS"])
+    media_type = qido.response_media_type(request.headers.get("Accept"))
+    expr = parse_query(Level[level.upper()], request.args, study, series)
+    result = qido.search(get_session(), expr, base_url(), current_app.config["QIDO_MAX_RESULTS"])
+    response = Response(orjson.dumps(result.matches), mimetype=media_type)
+    for text in result.warnings:
+        response.headers.add("Warning", qido.warning_header(request.host, text))
+    return response
 
 
 bp.add_url_rule("/studies", "search_studies", search, methods=["GET"], defaults={"level": "study"})
