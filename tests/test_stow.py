@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 import dicomfactory as f
@@ -106,3 +107,26 @@ def test_truncated_multipart_is_400_and_stores_nothing_partial(client: FlaskClie
     assert r.status_code == 400
     assert blob_count(tmp_path) == 0
     assert not any((tmp_path / "blobs" / "tmp").iterdir())
+
+
+def test_same_instance_twice_in_one_request(client: FlaskClient, tmp_path: Path) -> None:
+    inst = f.ct()
+    other = f.ct(inst.study, inst.series, inst.sop, seed=9)
+    r = post(client, [inst.data, inst.data, other.data])
+    assert r.status_code == 202, r.json
+    assert sops(r.json, REFERENCED) == [inst.sop, inst.sop]
+    assert reasons(r.json) == [0x0111]
+    assert blob_count(tmp_path) == 1
+
+
+def test_overwrite_policy_replaces_the_stored_instance(app: Flask, tmp_path: Path) -> None:
+    app.config["STOW_DUPLICATE_POLICY"] = "overwrite"
+    client = app.test_client()
+    inst = f.ct(seed=1)
+    other = f.ct(inst.study, inst.series, inst.sop, seed=2)
+    assert post(client, [inst.data]).status_code == 200
+    r = post(client, [other.data])
+    assert r.status_code == 200, r.json
+    assert blob_count(tmp_path) == 1
+    blobs = [p for p in (tmp_path / "blobs" / "objects").rglob("*") if p.is_file()]
+    assert blobs[0].read_bytes() == other.data

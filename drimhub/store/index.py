@@ -135,33 +135,49 @@ def store_instances(session: Session, rows: list[InstanceRow], overwrite: bool) 
     """
     known = known_instances(session, [r.sop_uid for r in rows])
     parents = _Parents(session)
-    return [_store_one(session, row, known.get(row.sop_uid), overwrite, parents) for row in rows]
+    planned = [_plan(session, row, known.get(row.sop_uid), overwrite, parents) for row in rows]
+    inserted = _insert_instances(session, [p for p in planned if isinstance(p, dict)])
+    results: list[StoreResult] = []
+    for row, plan in zip(rows, planned):
+        if isinstance(plan, StoreResult):
+            results.append(plan)
+        elif row.blob_key not in inserted:
+            # a concurrent transaction (or an earlier part of this batch) stored this SOP Instance UID first
+            winner = known_instances(session, [row.sop_uid]).get(row.sop_uid)
+            outcome = Outcome.ALREADY_STORED if winner and winner[0] == row.digest else Outcome.DUPLICATE
+            results.append(StoreResult(outcome, obsolete_blob=row.blob_key))
+        else:
+            replaced = known.get(row.sop_uid)
+            results.append(StoreResult(Outcome.REPLACED, obsolete_blob=replaced[1]) if replaced
+                           else StoreResult(Outcome.STORED))
+    return results
 
 
-def _store_one(session: Session, row: InstanceRow, known: tuple[str, str] | None, overwrite: bool,
-               parents: _Parents) -> StoreResult:
-    replaced: str | None = None
+def _plan(session: Session, row: InstanceRow, known: tuple[str, str] | None, overwrite: bool,
+          parents: _Parents) -> StoreResult | dict[str, Any]:
+    """The final result of a row that will not be inserted, or the values to insert."""
     if known is not None:
         if known[0] == row.digest:
             return StoreResult(Outcome.ALREADY_STORED, obsolete_blob=row.blob_key)
         if not overwrite or not _same_place(session, row):
             return StoreResult(Outcome.DUPLICATE, obsolete_blob=row.blob_key)
         session.execute(delete(Instance).where(Instance.sop_uid == row.sop_uid))
-        replaced = known[1]
     study_pk = parents.study_pk(row)
     series_pk = parents.series_pk(row, study_pk)
     if series_pk is None:
         return StoreResult(Outcome.SERIES_IN_OTHER_STUDY, obsolete_blob=row.blob_key)
-    values = {"series_pk": series_pk, "sop_uid": row.sop_uid, "blob_key": row.blob_key, "size": row.size,
-              "digest": row.digest, "dicom_json": row.dicom_json, **row.instance}
-    if _insert_returning_pk(session, Instance, values, "sop_uid") is None:
-        # a concurrent transaction stored this SOP Instance UID first
-        winner = known_instances(session, [row.sop_uid]).get(row.sop_uid)
-        outcome = Outcome.ALREADY_STORED if winner and winner[0] == row.digest else Outcome.DUPLICATE
-        return StoreResult(outcome, obsolete_blob=row.blob_key)
-    if replaced is not None:
-        return StoreResult(Outcome.REPLACED, obsolete_blob=replaced)
-    return StoreResult(Outcome.STORED)
+    return {"series_pk": series_pk, "sop_uid": row.sop_uid, "blob_key": row.blob_key, "size": row.size,
+            "digest": row.digest, "dicom_json": row.dicom_json, **row.instance}
+
+
+def _insert_instances(session: Session, values: list[dict[str, Any]]) -> set[str]:
+    """Insert instance rows in one statement, skipping known SOP Instance UIDs; the blob keys inserted."""
+    if not values:
+        return set()
+    dialect = session.get_bind().dialect.name
+    ins = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = ins(Instance).on_conflict_do_nothing(index_elements=["sop_uid"]).returning(Instance.blob_key)
+    return set(session.scalars(stmt, values))
 
 
 def _same_place(session: Session, row: InstanceRow) -> bool:
