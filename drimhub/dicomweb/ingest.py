@@ -7,7 +7,6 @@ the file is recorded instead, so that frames and bulk data are served by seeking
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -22,6 +21,7 @@ from drimhub.dicomweb.attributes import BULK_THRESHOLD, BULK_VRS, PIXEL_DATA, SE
 from drimhub.dicomweb.normalize import fold_text, time_key
 from drimhub.dicomweb.status import FailureReason
 from drimhub.dicomweb.uids import is_valid_uid
+from drimhub.store.index import IndexEntry
 
 #: Prefix of the BulkDataURI values kept in the store; replaced by the DICOMweb base URL of the
 #: request when metadata is served (the public URL may differ between requests).
@@ -41,25 +41,7 @@ class UnreadableInstance(Exception):
         self.sop_instance = sop_instance
 
 
-@dataclass
-class ParsedInstance:
-    """What the store needs to index one instance, as plain values."""
-
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    sop_class_uid: str
-    transfer_syntax: str
-    study: dict[str, Any]
-    series: dict[str, Any]
-    instance: dict[str, Any]
-    study_attrs: bytes
-    series_attrs: bytes
-    dicom_json: bytes
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_instance(path: Path) -> ParsedInstance:
+def parse_instance(path: Path) -> IndexEntry:
     """Parse the header of the DICOM file at ``path``.
 
     Raises
@@ -163,7 +145,7 @@ def _columns(full: dict[str, Any], table: dict[str, tuple[str, str]]) -> dict[st
     return {column: _first(full, keyword, kind) for column, (keyword, kind) in table.items()}
 
 
-def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None] | None) -> ParsedInstance:
+def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None] | None) -> IndexEntry:
     sop_class = _uid(ds, "SOPClassUID")
     sop = _uid(ds, "SOPInstanceUID")
     study_uid = _uid(ds, "StudyInstanceUID")
@@ -187,9 +169,8 @@ def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None]
         instance["pixel_offset"], instance["pixel_length"] = pixel[1], pixel[2]
     else:
         instance["pixel_offset"] = instance["pixel_length"] = None
-    return ParsedInstance(
-        study_uid=study_uid, series_uid=series_uid, sop_uid=sop, sop_class_uid=sop_class,
-        transfer_syntax=str(tsuid),
+    return IndexEntry(
+        study_uid=study_uid, series_uid=series_uid, sop_uid=sop,
         study=_columns(full, STUDY_COLUMNS),
         series=_columns(full, SERIES_COLUMNS),
         instance={"sop_class_uid": sop_class, "transfer_syntax": str(tsuid), **instance},

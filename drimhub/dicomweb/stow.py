@@ -15,12 +15,12 @@ from typing import IO, Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from drimhub.dicomweb import multipart
-from drimhub.dicomweb.ingest import ParsedInstance, UnreadableInstance, parse_instance
+from drimhub.dicomweb.ingest import UnreadableInstance, parse_instance
 from drimhub.dicomweb.status import FailureReason, stow_http_status
 from drimhub.server.errors import InvalidRequest, UnsupportedMediaType
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import write_session
-from drimhub.store.index import InstanceRow, Outcome, known_instances, store_instances
+from drimhub.store.index import IndexEntry, InstanceRow, Outcome, known_instances, store_instances
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,7 @@ def check_content_type(header: str | None) -> str:
 #: to keep the write lock short and the parsed headers of a huge request out of memory.
 BATCH = 50
 
-_Pending = tuple[SpooledBlob, ParsedInstance]
+_Pending = tuple[SpooledBlob, IndexEntry]
 
 
 class StoreService:
@@ -168,7 +168,7 @@ class StoreService:
         with self.sessions() as session:
             known = known_instances(session, [parsed.sop_uid for _, parsed in pending])
         outcomes: list[Outcome | None] = []
-        placed: list[tuple[ParsedInstance, InstanceRow]] = []
+        placed: list[tuple[IndexEntry, InstanceRow]] = []
         for sink, parsed in pending:
             seen = known.get(parsed.sop_uid)
             if seen is not None and (seen[0] == sink.digest or not self.overwrite):
@@ -194,15 +194,11 @@ class StoreService:
         return outcomes
 
     @staticmethod
-    def _row(parsed: ParsedInstance, sink: SpooledBlob, key: str) -> InstanceRow:
-        return InstanceRow(
-            study_uid=parsed.study_uid, series_uid=parsed.series_uid, sop_uid=parsed.sop_uid,
-            study=parsed.study, series=parsed.series, instance=parsed.instance,
-            study_attrs=parsed.study_attrs, series_attrs=parsed.series_attrs, dicom_json=parsed.dicom_json,
-            blob_key=key, size=sink.size, digest=sink.digest)
+    def _row(parsed: IndexEntry, sink: SpooledBlob, key: str) -> InstanceRow:
+        return InstanceRow(parsed, blob_key=key, size=sink.size, digest=sink.digest)
 
     @staticmethod
-    def _record(parsed: ParsedInstance, outcome: Outcome, result: StowResult) -> Outcome:
+    def _record(parsed: IndexEntry, outcome: Outcome, result: StowResult) -> Outcome:
         if outcome in _FAILURES:
             result.failed.append((parsed.sop_class_uid, parsed.sop_uid, _FAILURES[outcome]))
         else:

@@ -33,8 +33,8 @@ class Outcome(enum.Enum):
 
 
 @dataclass(frozen=True)
-class InstanceRow:
-    """Plain values of one instance to index (from :mod:`drimhub.dicomweb.ingest`)."""
+class IndexEntry:
+    """Plain values of one instance to index: column values per level and the DICOM JSON."""
 
     study_uid: str
     series_uid: str
@@ -45,9 +45,23 @@ class InstanceRow:
     study_attrs: bytes
     series_attrs: bytes
     dicom_json: bytes
+
+    @property
+    def sop_class_uid(self) -> str:
+        return str(self.instance["sop_class_uid"])
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """An entry whose blob is in place."""
+
+    entry: IndexEntry
     blob_key: str
     size: int
     digest: str
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.entry, name)
 
 
 @dataclass(frozen=True)
