@@ -24,6 +24,8 @@ from werkzeug.serving import make_server
 
 from drimhub.server.app import create_app
 from drimhub.server.db import Resources
+from drimhub.store import audit, security  # noqa: F401  (their tables join Base.metadata)
+from drimhub.store.models import Base
 
 PG_ADMIN_URL = os.environ.get("DRIMHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = bool(os.environ.get("CI") or os.environ.get("DRIMHUB_TEST_REQUIRE_POSTGRES"))
@@ -81,9 +83,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _truncate(res: Resources) -> None:
+    """Empty every table of the shared PostgreSQL test database (SQLite files are per test)."""
     with res.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
-            conn.execute(text("TRUNCATE study, series, instance RESTART IDENTITY CASCADE"))
+            tables = ", ".join(sorted(Base.metadata.tables))
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 #: Longest PN value: 3 component groups of 5 components of 64 characters (PS3.5 Table 6.2-1).
 PN_LEN = 324
 UID_LEN = 64
+#: Owner of data stored before organisations existed (migration 0002) or without a token org.
+DEFAULT_ORG = "local"
 
 
 class Base(DeclarativeBase):
@@ -29,6 +31,8 @@ class Study(Base):
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_uid: Mapped[str] = mapped_column(String(UID_LEN), unique=True)
+    #: Organisation that stored the study and owns it (the ``org`` claim of the storing token).
+    org: Mapped[str] = mapped_column(String(64), index=True, server_default=DEFAULT_ORG)
     patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
     patient_name: Mapped[str | None] = mapped_column(String(PN_LEN))

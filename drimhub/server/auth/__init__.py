@@ -1,0 +1,1 @@
+"""OAuth2 / SMART on FHIR: the built-in authorization server and the resource protection."""
