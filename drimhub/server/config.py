@@ -21,6 +21,11 @@ DEFAULTS: dict[str, Any] = {
     "DATABASE_URL": None,            # sqlite:///<DATA_DIR>/drimhub.db
     "STORAGE_URL": None,             # file://<DATA_DIR>/blobs
     "BASE_URL": None,                # derived from the request
+    "ISSUER": None,                  # OAuth2 issuer; the base URL by default
+    "SIGNING_KEY": None,             # PEM or path; generated in DATA_DIR on first start
+    # Extra token issuers accepted, "ISSUER=JWKS_URL" pairs separated by spaces or commas;
+    # "ISSUER=introspect:URL" for issuers whose tokens are validated by RFC 7662 introspection.
+    "TRUSTED_ISSUERS": "",
     # What STOW does with a known SOP Instance UID whose bytes differ: "reject" keeps the stored
     # instance and reports failure 0x0111 (Duplicate SOP Instance); "overwrite" replaces it.
     "STOW_DUPLICATE_POLICY": "reject",

@@ -8,10 +8,14 @@ transactions) and the blob store as arguments, so the CLI and the tests call the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from flask import Flask, current_app, g
+from joserfc.jwk import RSAKey
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+
+from drimhub.server.auth.keys import load_signing_key
 
 from drimhub.store import migrate
 from drimhub.store.blobs import FileBlobStore
@@ -25,14 +29,17 @@ class Resources:
     engine: Engine
     sessions: sessionmaker[Session]
     blobs: FileBlobStore
+    #: The node's private signing key (tokens it issues, assertions it sends to peers).
+    signing_key: RSAKey
 
 
 def init_app(app: Flask) -> None:
     engine = make_engine(app.config["DATABASE_URL"])
     if app.config["AUTO_MIGRATE"]:
         migrate.upgrade(engine)
+    key = load_signing_key(app.config["SIGNING_KEY"], Path(app.config["DATA_DIR"]))
     app.extensions["drimhub"] = Resources(engine, make_sessionmaker(engine),
-                                          FileBlobStore.from_url(app.config["STORAGE_URL"]))
+                                          FileBlobStore.from_url(app.config["STORAGE_URL"]), key)
     app.teardown_appcontext(_close_session)
 
 
