@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from joserfc.jwk import RSAKey
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
@@ -90,10 +91,16 @@ def _truncate(res: Resources) -> None:
             conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
 
 
+@pytest.fixture(scope="session")
+def signing_key_pem() -> str:
+    """One node signing key for the whole session (generating one per test is slow)."""
+    return RSAKey.generate_key(2048, private=True).as_pem(private=True).decode()
+
+
 @pytest.fixture
-def app(db_url: str, tmp_path: Path) -> Iterator[Flask]:
+def app(db_url: str, tmp_path: Path, signing_key_pem: str) -> Iterator[Flask]:
     application = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": db_url,
-                              "STORAGE_URL": f"file://{tmp_path / 'blobs'}"})
+                              "STORAGE_URL": f"file://{tmp_path / 'blobs'}", "SIGNING_KEY": signing_key_pem})
     res: Resources = application.extensions["drimhub"]
     _truncate(res)
     yield application
