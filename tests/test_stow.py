@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from flask import Flask
 from flask.testing import FlaskClient
 
@@ -130,3 +132,37 @@ def test_overwrite_policy_replaces_the_stored_instance(app: Flask, tmp_path: Pat
     assert blob_count(tmp_path) == 1
     blobs = [p for p in (tmp_path / "blobs" / "objects").rglob("*") if p.is_file()]
     assert blobs[0].read_bytes() == other.data
+
+
+def _deeply_nested(depth: int) -> bytes:
+    """An SR whose ContentSequence nests ``depth`` levels (raw bytes: pydicom cannot write it)."""
+    ds = dcmread(io.BytesIO(f.sr().data))
+    del ds.ContentSequence  # the last element of the data set: the raw one goes at the end
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    undefined = b"\xff\xff\xff\xff"
+    opening = b"\x40\x00\x30\xa7SQ\x00\x00" + undefined + b"\xfe\xff\x00\xe0" + undefined
+    closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    return buf.getvalue() + opening * depth + closing * depth
+
+
+# Hostile or non-conformant parts: each is this part's failure or a clamped index value, never a
+# 500, and the other parts of the request are stored (reviewer findings M3, M5).
+def test_hostile_part_is_a_failure_not_a_500(client: FlaskClient, tmp_path: Path) -> None:
+    good = f.ct()
+    r = post(client, [good.data, _deeply_nested(3000)])
+    assert r.status_code == 202, r.json
+    assert sops(r.json, REFERENCED) == [good.sop]
+    assert reasons(r.json) == [0xC000]
+    assert not any((tmp_path / "blobs" / "tmp").iterdir())
+
+
+def test_out_of_range_values_are_stored_and_kept_whole(client: FlaskClient) -> None:
+    study = f.new_uid()
+    odd = f.ct(study, accession="A" * 40, instance_number=99999999999)
+    plain = f.ct()
+    r = post(client, [odd.data, plain.data])
+    assert r.status_code == 200, r.json
+    meta = client.get(f"/dicom-web/studies/{study}/series/{odd.series}/instances/{odd.sop}/metadata").json[0]
+    assert meta["00080050"]["Value"] == ["A" * 40]
+    assert meta["00200013"]["Value"] == [99999999999]

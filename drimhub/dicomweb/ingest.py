@@ -22,6 +22,7 @@ from drimhub.dicomweb.normalize import fold_text, time_key
 from drimhub.dicomweb.status import FailureReason
 from drimhub.dicomweb.uids import is_valid_uid
 from drimhub.store.index import IndexEntry
+from drimhub.store.models import Instance, Series, Study
 
 #: Prefix of the BulkDataURI values kept in the store; replaced by the DICOMweb base URL of the
 #: request when metadata is served (the public URL may differ between requests).
@@ -50,14 +51,21 @@ def parse_instance(path: Path) -> IndexEntry:
         The file is not a DICOM Part 10 file or lacks the identifying UIDs.
     """
     with open(path, "rb") as fp:
+        # What a client sends is untrusted input to a third-party parser, which may raise
+        # anything (deep nesting: RecursionError; bad lengths: struct.error, EOFError...): every
+        # such failure is this part's "cannot understand", never the request's 500.
         try:
             ds = dcmread(fp, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, ValueError, struct.error, KeyError, TypeError,
-                NotImplementedError, UnicodeError, AttributeError, IndexError, OverflowError) as exc:
+            tsuid = UID(str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ""))
+            pixel = _locate_pixel_data(fp, tsuid)
+            return _describe(ds, tsuid, pixel)
+        except UnreadableInstance:
+            raise
+        except InvalidDicomError as exc:
             raise UnreadableInstance(FailureReason.CANNOT_UNDERSTAND, f"not a DICOM file: {exc}") from exc
-        tsuid = UID(str(getattr(ds.file_meta, "TransferSyntaxUID", "") or ""))
-        pixel = _locate_pixel_data(fp, tsuid)
-    return _describe(ds, tsuid, pixel)
+        except Exception as exc:
+            raise UnreadableInstance(FailureReason.CANNOT_UNDERSTAND,
+                                     f"cannot read the data set: {type(exc).__name__}: {exc}"[:200]) from exc
 
 
 def _locate_pixel_data(fp: BinaryIO, tsuid: UID) -> tuple[str, int | None, int | None] | None:
@@ -132,17 +140,29 @@ def _first(full: dict[str, Any], keyword: str, kind: str) -> Any:
         return None
     if kind == "int":
         try:
-            return int(value)
+            number = int(value)
         except (TypeError, ValueError):
             return None
+        return number if INT32[0] <= number <= INT32[1] else None  # the full value stays in the JSON
     text = str(value).strip()
     if not text:
         return None
     return fold_text(text) if kind == "fold" else time_key(text) if kind == "time" else text
 
 
-def _columns(full: dict[str, Any], table: dict[str, tuple[str, str]]) -> dict[str, Any]:
-    return {column: _first(full, keyword, kind) for column, (keyword, kind) in table.items()}
+#: Range of the Integer index columns; an IS value outside it is not indexed (PS3.5 allows
+#: only 32-bit values, but non-conformant files exist).
+INT32 = (-(2**31), 2**31 - 1)
+
+
+def _columns(full: dict[str, Any], table: dict[str, tuple[str, str]], model: Any) -> dict[str, Any]:
+    """Index column values; text longer than its column is cut (the DICOM JSON keeps it whole)."""
+    values = {column: _first(full, keyword, kind) for column, (keyword, kind) in table.items()}
+    for column, value in values.items():
+        length = getattr(model.__table__.c[column].type, "length", None)
+        if isinstance(value, str) and length and len(value) > length:
+            values[column] = value[:length]
+    return values
 
 
 def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None] | None) -> IndexEntry:
@@ -159,7 +179,7 @@ def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None]
                                  sop_class, sop)
     prefix = f"{BULK_PREFIX}/studies/{study_uid}/series/{series_uid}/instances/{sop}/bulkdata/"
     full = to_dicom_json(ds, prefix)
-    instance = _columns(full, INSTANCE_COLUMNS)
+    instance = _columns(full, INSTANCE_COLUMNS, Instance)
     has_pixels = pixel is not None and pixel[0] == PIXEL_DATA
     if pixel is not None:
         full[pixel[0]] = {"vr": _pixel_vr(tsuid, instance["bits_allocated"]), "BulkDataURI": prefix + pixel[0]}
@@ -171,8 +191,8 @@ def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None]
         instance["pixel_offset"] = instance["pixel_length"] = None
     return IndexEntry(
         study_uid=study_uid, series_uid=series_uid, sop_uid=sop,
-        study=_columns(full, STUDY_COLUMNS),
-        series=_columns(full, SERIES_COLUMNS),
+        study=_columns(full, STUDY_COLUMNS, Study),
+        series=_columns(full, SERIES_COLUMNS, Series),
         instance={"sop_class_uid": sop_class, "transfer_syntax": str(tsuid), **instance},
         study_attrs=orjson.dumps({k: v for k, v in full.items() if k in STUDY_TAGS}),
         series_attrs=orjson.dumps({k: v for k, v in full.items() if k in SERIES_TAGS}),

@@ -241,11 +241,19 @@ def _parse_ui(key: MatchKey, value: str, fuzzy: bool) -> Condition:
     return Single(key, uids[0]) if len(uids) == 1 else ValueList(key, uids)
 
 
+#: IS values: at most 12 characters, in the range of a signed 32-bit integer (PS3.5 Table 6.2-1).
+IS_RANGE = (-(2**31), 2**31 - 1)
+
+
 def _parse_is(key: MatchKey, value: str, fuzzy: bool) -> Condition:
     try:
-        return Single(key, int(value))
+        number = int(value) if len(value.strip()) <= 12 else None
     except ValueError:
-        raise _bad(key, value, "an integer string is expected (PS3.5 Table 6.2-1, IS)") from None
+        number = None
+    if number is None or not IS_RANGE[0] <= number <= IS_RANGE[1]:
+        raise _bad(key, value, "an integer string of at most 12 characters within ±2^31 is expected "
+                               "(PS3.5 Table 6.2-1, IS)")
+    return Single(key, number)
 
 
 def _parse_text(key: MatchKey, value: str, fuzzy: bool) -> Condition:
