@@ -94,6 +94,9 @@ ERRORS = [
     pytest.param(S, [("fuzzymatching", "yes")], "true or false", id="PS3.18-8.3.4.1-fuzzy-not-boolean"),
     pytest.param(S, [("includefield", "NotAKeyword")], "not a DICOM keyword", id="PS3.18-8.3.4.3-bad-include"),
     pytest.param(S, [("ModalitiesInStudy", "CT,M*")], "plain values", id="PS3.4-C.2.2.2.2-list-no-wildcard"),
+    pytest.param(Level.INSTANCE, [("InstanceNumber", "99999999999999999999")], "at most 12 characters",
+                 id="PS3.5-6.2-IS-too-long"),
+    pytest.param(Level.SERIES, [("SeriesNumber", "-2147483649")], "within", id="PS3.5-6.2-IS-out-of-range"),
 ]
 
 
