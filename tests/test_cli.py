@@ -60,3 +60,23 @@ def test_db_upgrade_and_sweep(env: dict[str, str], tmp_path: Path) -> None:
     r = runner.invoke(main, ["db", "sweep", "--min-age", "0"], env=env)
     assert r.exit_code == 0, r.output
     assert "removed 1 temporary files and 1 orphan blobs" in r.output
+
+
+def test_import_goes_on_past_a_corrupt_zip_member(env: dict[str, str], fresh_db_url: str, tmp_path: Path) -> None:
+    study = f.new_uid()
+    archive = tmp_path / "d.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a.dcm", f.ct(study, seed=1).data)
+        zf.writestr("b.dcm", f.ct(study, seed=2).data)
+        zf.writestr("c.dcm", f.ct(study, seed=3).data)
+    raw = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as zf:
+        info = zf.getinfo("b.dcm")
+    middle = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+    raw[middle] ^= 0xFF  # corrupt b.dcm's compressed data
+    archive.write_bytes(bytes(raw))
+    r = CliRunner().invoke(main, ["import", str(archive)], env=env)
+    assert r.exit_code == 1, r.output
+    assert "2 stored, 0 already present, 1 failed" in r.output
+    assert "d.zip:b.dcm: cannot read" in r.output
+    assert not any((tmp_path / "var" / "blobs" / "tmp").iterdir())
