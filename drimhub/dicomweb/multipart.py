@@ -104,6 +104,8 @@ def read_parts(stream: IO[bytes], boundary: str, new_sink: Callable[[], Sink]) -
 def _feed(step: Callable[[bytes], object], chunk: bytes) -> None:
     try:
         step(chunk)
+    except OSError:
+        raise  # writing a part to disk failed: the server's problem, not a malformed body
     except Exception as exc:  # python-multipart raises its own MultipartParseError and ValueError
         raise InvalidRequest(f"malformed multipart body: {exc}") from exc
 

@@ -91,6 +91,7 @@ class FileBlobStore:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(spooled.path, dest)
+        os.utime(dest)  # the sweep's age counts from now, not from when the upload began
         return key
 
     def flush(self, keys: list[str]) -> None:
@@ -136,7 +137,7 @@ class FileBlobStore:
         """Every committed key with its modification time."""
         for path in self.objects.glob("*/*/*"):
             if _KEY.match(path.name):
-                yield path.name, path.stat().st_mtime
+                yield path.name, _mtime(path)
 
     def sweep(self, is_referenced: Callable[[Iterable[str]], set[str]], min_age: float = 0.0) -> tuple[int, int]:
         """Remove temporary files and unreferenced blobs older than ``min_age`` seconds.
@@ -147,7 +148,7 @@ class FileBlobStore:
         cutoff = time.time() - min_age
         temps = 0
         for path in self.tmp.iterdir():
-            if path.stat().st_mtime <= cutoff:
+            if _mtime(path) <= cutoff:
                 path.unlink(missing_ok=True)
                 temps += 1
         orphans = 0
@@ -172,6 +173,14 @@ class FileBlobStore:
     def ready(self) -> bool:
         """True when the storage folder is writable."""
         return os.access(self.tmp, os.W_OK) and os.access(self.objects, os.W_OK)
+
+
+def _mtime(path: Path) -> float:
+    """Modification time, or +inf for a file that vanished meanwhile (never swept)."""
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return float("inf")
 
 
 def _fsync_path(path: Path) -> None:
