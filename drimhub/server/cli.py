@@ -100,3 +100,116 @@ def import_(paths: tuple[Path, ...]) -> None:
         click.echo(f"  failed: {name}: {reason}")
     if summary.failed:
         sys.exit(1)
+
+
+# --- OAuth2: tokens, clients, users ---------------------------------------------------------
+
+#: Base URL assumed by `drimhub token` when DRIMHUB_BASE_URL is not set (`drimhub serve`'s default).
+DEFAULT_BASE_URL = "http://127.0.0.1:8080"
+
+
+@main.command()
+@click.option("--scope", required=True, help='Space-separated scopes, e.g. "system/*.rs".')
+@click.option("--org", default="local", show_default=True, help="Organisation (claim org).")
+@click.option("--sub", default=None, help="Subject (default: drimhub-cli).")
+@click.option("--ttl", default=300, show_default=True, type=click.IntRange(min=1), help="Lifetime in seconds.")
+@click.option("--patient", default=None, help="Patient context (claim patient) for patient/ scopes.")
+def token(scope: str, org: str, sub: str | None, ttl: int, patient: str | None) -> None:
+    """Print an access token signed with the node's key, alone on stdout.
+
+    aud is DRIMHUB_BASE_URL (default http://127.0.0.1:8080), iss DRIMHUB_ISSUER or the same.
+    """
+    from flask import Flask
+
+    from drimhub.server import config
+    from drimhub.server.auth import keys, tokens
+    from drimhub.server.errors import DrimhubError
+
+    app = Flask("drimhub")
+    try:
+        config.load(app, None)
+        key = keys.load_signing_key(app.config["SIGNING_KEY"], Path(app.config["DATA_DIR"]))
+    except DrimhubError as exc:
+        raise click.ClickException(exc.message) from exc
+    base = str(app.config["BASE_URL"] or DEFAULT_BASE_URL).rstrip("/")
+    claims = tokens.access_token_claims(
+        issuer=str(app.config["ISSUER"] or base), audience=base, subject=sub or "drimhub-cli",
+        client_id="drimhub-cli", scope=" ".join(scope.split()), org=org or "local", ttl=ttl, patient=patient)
+    click.echo(tokens.sign(claims, key))
+
+
+@main.group()
+def client() -> None:
+    """OAuth2 clients (backend services, apps, peer nodes)."""
+
+
+@client.command("create")
+@click.argument("name")
+@click.option("--scope", required=True, help='Scopes it may be granted, e.g. "system/ImagingStudy.rs".')
+@click.option("--org", default="local", show_default=True, help="Organisation its tokens act for.")
+@click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Its public keys (JWKS JSON): private_key_jwt.")
+@click.option("--jwks-url", help="Where its public keys are published: private_key_jwt.")
+@click.option("--secret", is_flag=True, help="Give it a client secret (printed once).")
+@click.option("--redirect-uri", "redirect_uris", multiple=True,
+              help="Redirect URI of an app (authorization code + PKCE); repeatable. Without --jwks-*/--secret: a public app.")
+def client_create(name: str, scope: str, org: str, jwks_file: Path | None, jwks_url: str | None, secret: bool,
+                  redirect_uris: tuple[str, ...]) -> None:
+    """Register an OAuth2 client; prints it as JSON (with client_secret once, for --secret)."""
+    import json
+
+    from drimhub.server.auth.clients import create_client
+    from drimhub.server.errors import DrimhubError
+    from drimhub.store.engine import write_session
+
+    try:
+        jwks = json.loads(jwks_file.read_text()) if jwks_file else None
+    except ValueError as exc:
+        raise click.ClickException(f"{jwks_file}: not JSON: {exc}") from exc
+    res = _app().extensions["drimhub"]
+    try:
+        with write_session(res.sessions) as session:
+            row, clear = create_client(session, name, scope, org=org, jwks=jwks, jwks_url=jwks_url, secret=secret,
+                                       redirect_uris=redirect_uris)
+    except DrimhubError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        res.engine.dispose()
+    out = {"client_id": row.client_id, "name": row.name, "org": row.org, "scope": row.scope,
+           "token_endpoint_auth_method": row.auth_method, "grant_types": row.grant_types.split(),
+           "redirect_uris": row.redirect_uris.split()}
+    if clear:
+        out["client_secret"] = clear
+    click.echo(json.dumps(out, indent=2))
+
+
+@main.group()
+def user() -> None:
+    """Professionals who log in at /oauth/authorize."""
+
+
+@user.command("add")
+@click.argument("username")
+@click.option("--scope", required=True, help='Scopes the user may be granted, e.g. "user/*.rs".')
+@click.option("--org", default="local", show_default=True, help="Organisation the user acts for.")
+@click.option("--name", "display_name", default="", help="Display name.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+def user_add(username: str, scope: str, org: str, display_name: str, password_stdin: bool) -> None:
+    """Add a user; the password is prompted for (twice) unless --password-stdin."""
+    from drimhub.server.auth.users import add_user
+    from drimhub.server.errors import DrimhubError
+    from drimhub.store.engine import write_session
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    res = _app().extensions["drimhub"]
+    try:
+        with write_session(res.sessions) as session:
+            add_user(session, username, password, scope=scope, org=org, display_name=display_name)
+    except DrimhubError as exc:
+        raise click.ClickException(exc.message) from exc
+    finally:
+        res.engine.dispose()
+    click.echo(f"user {username} added (org {org})")
