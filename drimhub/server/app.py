@@ -10,7 +10,7 @@ import pydicom.config
 from flask import Flask
 from flask_cors import CORS
 
-from drimhub.server import config, converters, db, errors, ops
+from drimhub.server import audit, config, converters, db, errors, ops
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -29,14 +29,17 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     converters.init_app(app)
     db.init_app(app)
     ops.init_app(app)
+    audit.init_app(app)
     CORS(app, resources={r"/(dicom-web|fhir|federated|wado)(/.*)?": {"origins": app.config["CORS_ORIGINS"]}},
          expose_headers=["ETag", "Warning", "Content-Location", "Location", "X-Request-Id"], max_age=600)
 
     from drimhub.conformance import routes as conformance_routes
     from drimhub.dicomweb import routes as dicomweb_routes
+    from drimhub.fhir import audit_routes
     from drimhub.server.auth import routes as auth_routes
 
     dicomweb_routes.init_app(app)
+    audit_routes.init_app(app)
     conformance_routes.init_app(app)
     auth_routes.init_app(app)
     return app

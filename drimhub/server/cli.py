@@ -79,6 +79,24 @@ def db_sweep(min_age: float | None) -> None:
     click.echo(f"removed {temps} temporary files and {orphans} orphan blobs")
 
 
+@main.group()
+def audit() -> None:
+    """Audit trail maintenance."""
+
+
+@audit.command("purge")
+@click.option("--days", default=None, type=click.IntRange(min=0),
+              help="Keep this many days (default: DRIMHUB_AUDIT_RETENTION_DAYS).")
+def audit_purge(days: int | None) -> None:
+    """Remove audit events older than the retention period."""
+    from drimhub.store.audit import purge
+
+    app = _app()
+    keep = days if days is not None else int(app.config["AUDIT_RETENTION_DAYS"])
+    removed = purge(app.extensions["drimhub"].sessions, keep)
+    click.echo(f"removed {removed} audit events older than {keep} days")
+
+
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 def import_(paths: tuple[Path, ...]) -> None:

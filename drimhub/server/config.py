@@ -37,6 +37,9 @@ DEFAULTS: dict[str, Any] = {
     # Origins allowed to call the APIs from a browser (a viewer such as OHIF): "*" or a list.
     # Tokens travel in the Authorization header, never in cookies, so "*" exposes nothing.
     "CORS_ORIGINS": "*",
+    # Audit events older than this many days are removed by `drimhub audit purge` (the only
+    # deletion of the audit trail; CNIL recommends 6 to 12 months).
+    "AUDIT_RETENTION_DAYS": 365,
     # Apply migrations when the app starts (the CLI's serve does it before forking workers).
     "AUTO_MIGRATE": True,
 }

@@ -1,0 +1,1 @@
+"""The FHIR R4 side of drimhub (``/fhir``): resources served from the shared metadata store."""
