@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +112,13 @@ def import_(paths: tuple[Path, ...]) -> None:
     service = StoreService(res.sessions, res.blobs, overwrite=app.config["STOW_DUPLICATE_POLICY"] == "overwrite")
     sources = collect(list(paths))
     summary = ImportSummary()
-    for source in tqdm(sources, unit="file", desc="importing", file=sys.stderr):
-        import_one(service, source, summary)
+    archives: dict[Path, zipfile.ZipFile] = {}
+    try:
+        for source in tqdm(sources, unit="file", desc="importing", file=sys.stderr):
+            import_one(service, source, summary, archives)
+    finally:
+        for archive in archives.values():
+            archive.close()
     click.echo(f"{summary.stored} stored, {summary.already} already present, {len(summary.failed)} failed")
     for name, reason in summary.failed:
         click.echo(f"  failed: {name}: {reason}")
