@@ -4,6 +4,10 @@ PostgreSQL: ``DRIMHUB_TEST_POSTGRES_URL`` (default ``postgresql+psycopg://postgr
 names a server where a throw-away database is created for the session and dropped after. When
 that server cannot be reached the PostgreSQL cases are skipped, unless ``CI`` or
 ``DRIMHUB_TEST_REQUIRE_POSTGRES`` is set: then they fail.
+
+Every route needs a bearer token: the ``client`` fixture sends an all-powerful one
+(:data:`DEFAULT_SCOPE` for organisation :data:`DEFAULT_ORG`), ``mint`` makes others, and
+``anon`` is a client without any.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from __future__ import annotations
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -24,6 +29,7 @@ from sqlalchemy.engine import make_url
 from werkzeug.serving import make_server
 
 from drimhub.server.app import create_app
+from drimhub.server.auth import tokens
 from drimhub.server.db import Resources
 from drimhub.store import audit, security  # noqa: F401  (their tables join Base.metadata)
 from drimhub.store.models import Base
@@ -31,6 +37,10 @@ from drimhub.store.models import Base
 PG_ADMIN_URL = os.environ.get("DRIMHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_PG = bool(os.environ.get("CI") or os.environ.get("DRIMHUB_TEST_REQUIRE_POSTGRES"))
 BACKENDS = ["sqlite", "postgresql"]
+#: The test node's public URL: the issuer and audience of its tokens (the test client's own host).
+BASE_URL = "http://localhost"
+DEFAULT_SCOPE = "system/*.cruds"
+DEFAULT_ORG = "org-a"
 
 
 def _pg_conninfo(url: str) -> str:
@@ -98,9 +108,16 @@ def signing_key_pem() -> str:
 
 
 @pytest.fixture
-def app(db_url: str, tmp_path: Path, signing_key_pem: str) -> Iterator[Flask]:
+def app_config() -> dict[str, Any]:
+    """Extra settings of the ``app`` fixture; a test module overrides this fixture to change them."""
+    return {}
+
+
+@pytest.fixture
+def app(db_url: str, tmp_path: Path, signing_key_pem: str, app_config: dict[str, Any]) -> Iterator[Flask]:
     application = create_app({"TESTING": True, "DATA_DIR": str(tmp_path / "var"), "DATABASE_URL": db_url,
-                              "STORAGE_URL": f"file://{tmp_path / 'blobs'}", "SIGNING_KEY": signing_key_pem})
+                              "STORAGE_URL": f"file://{tmp_path / 'blobs'}", "SIGNING_KEY": signing_key_pem,
+                              "BASE_URL": BASE_URL, **app_config})
     res: Resources = application.extensions["drimhub"]
     _truncate(res)
     yield application
@@ -108,8 +125,42 @@ def app(db_url: str, tmp_path: Path, signing_key_pem: str) -> Iterator[Flask]:
     res.engine.dispose()
 
 
+Mint = Callable[..., str]
+
+
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
+def mint(app: Flask) -> Mint:
+    """``mint(scope=..., org=..., **claims)``: an access token signed by the test node's key.
+
+    Keyword arguments other than ``scope``, ``org``, ``ttl``, ``patient`` and ``audience`` become
+    extra claims (they replace the standard ones of the same name).
+    """
+    def make(scope: str = DEFAULT_SCOPE, org: str = DEFAULT_ORG, *, ttl: int = 3600, patient: str | None = None,
+             audience: str = BASE_URL, **extra: Any) -> str:
+        claims = tokens.access_token_claims(issuer=BASE_URL, audience=audience, subject="tester",
+                                            client_id="test-client", scope=scope, org=org, ttl=ttl,
+                                            patient=patient, extra=extra)
+        return tokens.sign(claims, app.extensions["drimhub"].signing_key)
+    return make
+
+
+@pytest.fixture
+def bearer(mint: Mint) -> dict[str, str]:
+    """The ``Authorization`` header of the default all-powerful token."""
+    return {"Authorization": f"Bearer {mint()}"}
+
+
+@pytest.fixture
+def client(app: Flask, bearer: dict[str, str]) -> FlaskClient:
+    """A test client that sends the default all-powerful token with every request."""
+    test_client = app.test_client()
+    test_client.environ_base["HTTP_AUTHORIZATION"] = bearer["Authorization"]
+    return test_client
+
+
+@pytest.fixture
+def anon(app: Flask) -> FlaskClient:
+    """A test client without a token."""
     return app.test_client()
 
 

@@ -11,6 +11,20 @@ import time
 from pathlib import Path
 
 import requests
+from joserfc.jwk import RSAKey
+
+from drimhub.server.auth import tokens
+
+_KEY: RSAKey | None = None
+
+
+def _signing_key() -> RSAKey:
+    """One signing key for every server process of the session (generating one is slow)."""
+    global _KEY
+    if _KEY is None:
+        _KEY = RSAKey.generate_key(2048, private=True)
+        _KEY.ensure_kid()
+    return _KEY
 
 DRIMHUB = str(Path(sys.executable).with_name("drimhub"))
 
@@ -22,14 +36,23 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`drimhub serve` on a free loopback port, in its own process group."""
+    """`drimhub serve` on a free loopback port, in its own process group.
+
+    ``headers`` carry an all-powerful bearer token for organisation ``org-a``, signed with the
+    key the process is given.
+    """
 
     def __init__(self, data_dir: Path, db_url: str, workers: int = 2, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = data_dir.parent / f"serve-{self.port}.log"
+        key = _signing_key()
         self.env = {**os.environ, "DRIMHUB_DATA_DIR": str(data_dir), "DRIMHUB_DATABASE_URL": db_url,
-                    "DRIMHUB_SWEEP_MIN_AGE": "0", **env}
+                    "DRIMHUB_SWEEP_MIN_AGE": "0", "DRIMHUB_BASE_URL": self.url,
+                    "DRIMHUB_SIGNING_KEY": key.as_pem(private=True).decode(), **env}
+        claims = tokens.access_token_claims(issuer=self.url, audience=self.url, subject="tester", client_id="test",
+                                            scope="system/*.cruds", org="org-a", ttl=3600)
+        self.headers = {"Authorization": f"Bearer {tokens.sign(claims, key)}"}
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -13,8 +13,8 @@ import dicomfactory as f
 
 
 @pytest.fixture
-def dw(live_server: str) -> DICOMwebClient:
-    return DICOMwebClient(url=live_server + "/dicom-web")
+def dw(live_server: str, bearer: dict[str, str]) -> DICOMwebClient:
+    return DICOMwebClient(url=live_server + "/dicom-web", headers=bearer)
 
 
 @pytest.fixture

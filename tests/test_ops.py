@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask.testing import FlaskClient
 
 import dicomfactory as f
+from conftest import Mint
 
 
 def test_healthz_readyz(client: FlaskClient) -> None:
@@ -12,10 +13,12 @@ def test_healthz_readyz(client: FlaskClient) -> None:
     assert client.get("/readyz").json == {"status": "ready"}
 
 
-def test_metrics_counts_requests_and_stored_instances(client: FlaskClient) -> None:
+def test_metrics_counts_requests_and_stored_instances(client: FlaskClient, mint: Mint) -> None:
     body, ctype = f.multipart([f.ct().data])
     assert client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype}).status_code == 200
-    text = client.get("/metrics").get_data(as_text=True)
+    assert client.get("/metrics").status_code == 403  # system/*.cruds is no operator scope
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {mint('drimhub/metrics.read')}"}).get_data(
+        as_text=True)
     assert 'drimhub_stow_instances_total{outcome="stored"}' in text
     assert 'drimhub_http_requests_total{method="POST",route="/dicom-web/studies",status="200"}' in text
 

@@ -27,9 +27,10 @@ from serverproc import ServerProcess
 pytestmark = pytest.mark.slow
 
 
-def _post(url: str, parts: list[bytes]) -> requests.Response:
+def _post(server: ServerProcess, parts: list[bytes]) -> requests.Response:
     body, ctype = f.multipart(parts)
-    return requests.post(url + "/dicom-web/studies", data=body, headers={"Content-Type": ctype}, timeout=60)
+    return requests.post(server.url + "/dicom-web/studies", data=body, headers={"Content-Type": ctype, **server.headers},
+                         timeout=60)
 
 
 def _referenced(r: requests.Response) -> list[str]:
@@ -52,13 +53,13 @@ def test_sigkill_during_stow_keeps_every_acknowledged_instance(fresh_db_url: str
     lock = threading.Lock()
     batches = [[f.ct(rows=256, cols=256, seed=b * 10 + i) for i in range(8)] for b in range(40)]
 
-    def sender(url: str, stop: threading.Event, mine: list[list[f.Instance]]) -> None:
+    def sender(server: ServerProcess, stop: threading.Event, mine: list[list[f.Instance]]) -> None:
         nonlocal sent
         for batch in mine:
             if stop.is_set():
                 return
             try:
-                r = _post(url, [i.data for i in batch])
+                r = _post(server, [i.data for i in batch])
             except requests.RequestException:
                 return  # the server died under us: nothing was acknowledged
             assert r.status_code == 200, r.text
@@ -72,7 +73,7 @@ def test_sigkill_during_stow_keeps_every_acknowledged_instance(fresh_db_url: str
         server = ServerProcess(data_dir, fresh_db_url).start()
         stop = threading.Event()
         mine = batches[round_ * 10:(round_ + 1) * 10]
-        threads = [threading.Thread(target=sender, args=(server.url, stop, mine[k::2])) for k in range(2)]
+        threads = [threading.Thread(target=sender, args=(server, stop, mine[k::2])) for k in range(2)]
         for t in threads:
             t.start()
         time.sleep(rng.uniform(0.4, 1.6))
@@ -113,7 +114,7 @@ def test_eight_clients_same_study_five_rounds(fresh_db_url: str, tmp_path: Path)
 
             def client_run(parts: list[bytes]) -> None:
                 barrier.wait()
-                answers.append(_post(server.url, parts))
+                answers.append(_post(server, parts))
 
             threads = [threading.Thread(target=client_run, args=(b,)) for b in bodies]
             for t in threads:

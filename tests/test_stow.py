@@ -121,9 +121,8 @@ def test_same_instance_twice_in_one_request(client: FlaskClient, tmp_path: Path)
     assert blob_count(tmp_path) == 1
 
 
-def test_overwrite_policy_replaces_the_stored_instance(app: Flask, tmp_path: Path) -> None:
+def test_overwrite_policy_replaces_the_stored_instance(app: Flask, client: FlaskClient, tmp_path: Path) -> None:
     app.config["STOW_DUPLICATE_POLICY"] = "overwrite"
-    client = app.test_client()
     inst = f.ct(seed=1)
     other = f.ct(inst.study, inst.series, inst.sop, seed=2)
     assert post(client, [inst.data]).status_code == 200

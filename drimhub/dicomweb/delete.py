@@ -13,14 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from drimhub.server.errors import NotFound
 from drimhub.store import retrieve
+from drimhub.store.access import Access
 from drimhub.store.blobs import FileBlobStore
 from drimhub.store.engine import write_session
 
 log = logging.getLogger(__name__)
 
 
-def delete(sessions: sessionmaker[Session], blobs: FileBlobStore, study: str, series: str | None = None,
-           sop: str | None = None) -> int:
+def delete(sessions: sessionmaker[Session], blobs: FileBlobStore, access: Access, study: str,
+           series: str | None = None, sop: str | None = None) -> int:
     """Delete every instance in scope; return how many were deleted.
 
     Parameters
@@ -29,16 +30,19 @@ def delete(sessions: sessionmaker[Session], blobs: FileBlobStore, study: str, se
         The session factory (the delete runs in its own write transaction).
     blobs : FileBlobStore
         Where the instances' blobs are.
+    access : Access
+        The caller's access: instances of studies it may not see are never deleted.
     study, series, sop : str
         The scope: a study, one of its series, or one instance of that series.
 
     Raises
     ------
     NotFound
-        Nothing in scope (unknown UID, or a series of another study).
+        Nothing visible in scope (unknown UID, a series of another study, a study of another
+        organisation).
     """
     with write_session(sessions) as session:
-        keys = retrieve.delete_instances(session, study, series, sop)
+        keys = retrieve.delete_instances(session, access, study, series, sop)
     if not keys:
         raise NotFound(f"nothing to delete at study {study}" + (f" series {series}" if series else "")
                        + (f" instance {sop}" if sop else ""))

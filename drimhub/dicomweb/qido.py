@@ -16,7 +16,11 @@ Choices (also for the conformance statement):
 - each result carries the level's default attributes (PS3.18 Tables 6.7.1-2/2a/2b), those of
   the parent levels the URL does not fix (§10.6.3.3), the matching keys, the includefields, and
   the computed attributes; a required attribute without a stored value is present with no
-  value (``{"vr": ...}``); BulkDataURI elements are never returned.
+  value (``{"vr": ...}``); BulkDataURI elements are never returned;
+- only studies of the organisations the caller's :class:`~drimhub.store.access.Access` names
+  are searched (in SQL). A ``patient/`` scope restricts the search to its patient; a PatientID
+  or IssuerOfPatientID filter naming anything else, or a search under another patient's study,
+  is refused (403, never an empty or partial answer: Argonaut SMART Imaging Access).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
 from drimhub.dicomweb.attributes import INSTANCE_RETURN, SERIES_RETURN, STUDY_RETURN
-from drimhub.dicomweb.query import Level, QueryExpression
-from drimhub.server.errors import NotAcceptable
+from drimhub.dicomweb.query import Level, QueryExpression, Single, Universal
+from drimhub.server.errors import Forbidden, NotAcceptable
 from drimhub.store import qido as store
+from drimhub.store import retrieve
+from drimhub.store.access import Access
 
 #: Media types a search answers with, preferred first (PS3.18 §8.7.3, §10.6.2).
 MEDIA_TYPES = ("application/dicom+json", "application/json")
@@ -75,6 +81,8 @@ class SearchResult:
 
     matches: list[dict[str, Any]]
     warnings: tuple[str, ...] = field(default=())
+    #: (PatientID, IssuerOfPatientID, Study Instance UID) of each study a match belongs to.
+    touched: frozenset[tuple[str | None, str | None, str]] = frozenset()
 
 
 def response_media_type(accept: str | None) -> str:
@@ -109,7 +117,8 @@ def warning_header(agent: str, text: str) -> str:
     return f"299 {agent}: {text}"
 
 
-def search(session: Session, expr: QueryExpression, base_url: str, max_results: int) -> SearchResult:
+def search(session: Session, expr: QueryExpression, base_url: str, max_results: int,
+           access: Access) -> SearchResult:
     """Run a QIDO-RS search.
 
     Parameters
@@ -122,21 +131,65 @@ def search(session: Session, expr: QueryExpression, base_url: str, max_results: 
         Public DICOMweb root, without a trailing slash, for RetrieveURL.
     max_results : int
         Server cap on the number of matches in one answer.
+    access : Access
+        The organisations (and patient) whose studies may match.
 
     Returns
     -------
     SearchResult
+
+    Raises
+    ------
+    Forbidden
+        A ``patient/`` restriction and a filter or a study URL naming another patient.
     """
+    check_patient_filters(session, expr, access)
     capped = expr.limit is None or expr.limit > max_results
     fetch = max_results + 1 if capped else expr.limit
-    rows = store.find_matches(session, expr, fetch or 0)
+    rows = store.find_matches(session, expr, fetch or 0, access)
     warnings: tuple[str, ...] = ()
     if capped and len(rows) > max_results:  # PS3.18 §8.3.4.4: truncate and warn
         rows, warnings = rows[:max_results], (TRUNCATED,)
     wanted = wanted_tags(expr)
     computed = _computed(session, rows, wanted, expr.include_all, expr.level)
     matches = [_result(row, expr, wanted, computed, base_url) for row in rows]
-    return SearchResult(matches, warnings)
+    touched = frozenset((row.patient_id, row.issuer_of_patient_id, row.study_uid) for row in rows)
+    return SearchResult(matches, warnings, touched)
+
+
+#: Matching keys a ``patient/`` restriction checks, with the PatientRef field each must equal.
+_PATIENT_KEYS = {"PatientID": "id", "IssuerOfPatientID": "issuer"}
+
+
+def check_patient_filters(session: Session, expr: QueryExpression, access: Access) -> None:
+    """Refuse a search that names another patient than the one of a ``patient/`` restriction.
+
+    A PatientID or IssuerOfPatientID filter must be universal or exactly the token's patient
+    (a wildcard or a list is refused too: it could name others); a search under a study URL
+    must be under that patient's study. Without such a filter the SQL restriction applies.
+
+    Raises
+    ------
+    Forbidden
+        The search names another patient.
+    """
+    patient = access.patient
+    if patient is None:
+        return
+    for cond in expr.conditions:
+        field_name = _PATIENT_KEYS.get(cond.key.keyword)
+        if field_name is None or isinstance(cond, Universal):
+            continue
+        wanted = getattr(patient, field_name)
+        if wanted is None:  # a claim without an issuer: an IssuerOfPatientID filter only narrows
+            continue
+        if not (isinstance(cond, Single) and cond.value == wanted):
+            raise Forbidden(f"the access token is restricted to patient {patient}; "
+                            f"the {cond.key.keyword} filter names another one")
+    if expr.study_uid is not None:
+        ref = retrieve.locate_study(session, expr.study_uid, access)
+        if ref is not None and not access.sees_patient(ref.patient_id, ref.issuer_of_patient_id):
+            raise Forbidden(f"study {expr.study_uid} is not of the patient in the access token's context")
 
 
 def wanted_tags(expr: QueryExpression) -> dict[str, bool]:

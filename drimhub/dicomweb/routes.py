@@ -1,7 +1,9 @@
 """Every DICOMweb URL, registered under its PS3.18 section; the views stay thin.
 
 Views turn the request into service calls and the service results into responses; the protocol
-rules live in :mod:`stow`, :mod:`qido` and :mod:`wado`.
+rules live in :mod:`stow`, :mod:`qido` and :mod:`wado`. Each view passes the caller's
+:class:`~drimhub.store.access.Access` (set by :mod:`drimhub.server.auth.policy` before the view
+runs) to the services, and notes every study it touches for the audit (:func:`auditctx.involve`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from flask import Blueprint, Flask, Response, current_app, request
 from drimhub.dicomweb import delete, qido, wado
 from drimhub.dicomweb.query import Level, parse_query
 from drimhub.dicomweb.stow import StoreService
+from drimhub.server import auditctx
+from drimhub.server.auth.policy import current_access, current_principal
 from drimhub.server.db import get_session, resources
 from drimhub.server.ops import STOW_INSTANCES
+from drimhub.store.access import Access
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
 
@@ -36,10 +41,12 @@ def dicom_json(body: Any, status: int = 200) -> Response:
 # --- PS3.18 §10.5 Store Instances (STOW-RS) -------------------------------------------------
 
 def store(study: str | None = None) -> Response:
-    res = resources()
-    service = StoreService(res.sessions, res.blobs,
-                           overwrite=current_app.config["STOW_DUPLICATE_POLICY"] == "overwrite")
+    res, access = resources(), current_access()
+    service = StoreService(res.sessions, res.blobs, overwrite=current_app.config["STOW_DUPLICATE_POLICY"] == "overwrite",
+                           org=current_principal().org, patient=access.patient)
     result = service.store_request(request.stream, request.headers.get("Content-Type"), study)
+    for patient, issuer, study_uid in sorted(result.touched, key=str):
+        auditctx.involve(patient, study_uid, issuer)
     STOW_INSTANCES.labels("stored").inc(len(result.referenced))
     STOW_INSTANCES.labels("failed").inc(len(result.failed))
     return dicom_json(result.to_dicom_json(base_url(), study), result.http_status)
@@ -54,7 +61,9 @@ bp.add_url_rule("/studies/<uid:study>", "store_study", store, methods=["POST"])
 def search(level: str, study: str | None = None, series: str | None = None) -> Response:
     media_type = qido.response_media_type(request.headers.get("Accept"))
     expr = parse_query(Level[level.upper()], request.args, study, series)
-    result = qido.search(get_session(), expr, base_url(), current_app.config["QIDO_MAX_RESULTS"])
+    result = qido.search(get_session(), expr, base_url(), current_app.config["QIDO_MAX_RESULTS"], current_access())
+    for patient, issuer, study_uid in sorted(result.touched, key=str):
+        auditctx.involve(patient, study_uid, issuer)
     response = Response(orjson.dumps(result.matches), mimetype=media_type)
     for text in result.warnings:
         response.headers.add("Warning", qido.warning_header(request.host, text))
@@ -83,25 +92,39 @@ def _answer(answer: wado.WadoAnswer) -> Response:
     return Response(answer.body, status=answer.status, headers=answer.headers)
 
 
+def _access_to(study: str) -> Access:
+    """The caller's access, once it is known to cover ``study``: 404 when the study is not visible
+    to its organisations, 403 when it is another patient's than a ``patient/`` scope's (noted)."""
+    access = current_access()
+    ref = wado.locate(get_session(), study, access)
+    auditctx.involve(ref.patient_id, ref.study_uid, ref.issuer_of_patient_id)
+    wado.check_patient(ref, access)
+    return access
+
+
 def retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
-    scope = wado.Scope(study, series, sop)
-    return _answer(wado.retrieve_instances(get_session(), resources().blobs, scope, _accept()))
+    access = _access_to(study)
+    return _answer(wado.retrieve_instances(get_session(), resources().blobs, wado.Scope(study, series, sop),
+                                           _accept(), access=access))
 
 
 def retrieve_metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    access = _access_to(study)
     gzip_ok = request.accept_encodings.quality("gzip") > 0
     return _answer(wado.retrieve_metadata(get_session(), wado.Scope(study, series, sop), base_url(), _accept(),
-                                          request.headers.get("If-None-Match"), gzip_ok))
+                                          request.headers.get("If-None-Match"), gzip_ok, access=access))
 
 
 def retrieve_frames(study: str, series: str, sop: str, frames: list[int]) -> Response:
+    access = _access_to(study)
     return _answer(wado.retrieve_frames(get_session(), resources().blobs, wado.Scope(study, series, sop), frames,
-                                        _accept()))
+                                        _accept(), access=access))
 
 
 def retrieve_bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
+    access = _access_to(study)
     return _answer(wado.retrieve_bulkdata(get_session(), resources().blobs, wado.Scope(study, series, sop), tag,
-                                          _accept()))
+                                          _accept(), access=access))
 
 
 _STUDY = "/studies/<uid:study>"
@@ -120,8 +143,8 @@ bp.add_url_rule(_INSTANCE + "/frames/<frames:frames>", "frames", retrieve_frames
 # --- DELETE (outside PS3.18: 204 No Content, as dcm4chee) and OPTIONS (RFC 9110 §9.3.7) ----
 
 def delete_resource(study: str, series: str | None = None, sop: str | None = None) -> Response:
-    res = resources()
-    delete.delete(res.sessions, res.blobs, study, series, sop)
+    res, access = resources(), _access_to(study)
+    delete.delete(res.sessions, res.blobs, access, study, series, sop)
     return Response(status=204)
 
 

@@ -18,6 +18,9 @@ class FailureReason(IntEnum):
     DUPLICATE_SOP_INSTANCE = 0x0111
     #: PS3.7 C.4.15: SOP Class not supported.
     SOP_CLASS_NOT_SUPPORTED = 0x0122
+    #: PS3.7 Annex C (general failure status 0124H "Refused: Not Authorized"): the instance's
+    #: study belongs to another organisation, or to another patient than a ``patient/`` scope's.
+    NOT_AUTHORIZED = 0x0124
     #: PS3.4 Table B.2-1: Refused, Out of Resources (the storage could not take the instance).
     OUT_OF_RESOURCES = 0xA700
     #: PS3.4 Table B.2-1: Error, Data Set does not match SOP Class; PS3.18 §10.5.3 uses it for

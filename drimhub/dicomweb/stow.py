@@ -4,6 +4,12 @@ Each part of the request is spooled to a temporary file while it arrives, its he
 (pixel data never loaded), its blob moved into place, then its rows committed in a short
 transaction of their own: an instance reported in ReferencedSOPSequence is durably stored, and a
 failing part never affects the others.
+
+Organisations: a new study belongs to the writer's organisation. An instance whose study (or
+whose SOP Instance UID) is stored under another organisation, or, for a ``patient/`` scope, that
+is not of the token's patient, is refused with Failure Reason 0124H "Refused: Not Authorized"
+(PS3.7 Annex C, general failure statuses; PS3.18 Table I.2-2 lets a Store Instances response
+use codes beyond its own table) and nothing of that study changes.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ from drimhub.dicomweb import multipart
 from drimhub.dicomweb.ingest import UnreadableInstance, parse_instance
 from drimhub.dicomweb.status import FailureReason, stow_http_status
 from drimhub.server.errors import InvalidRequest, UnsupportedMediaType
+from drimhub.store.access import PatientRef
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import write_session
 from drimhub.store.index import IndexEntry, InstanceRow, Outcome, known_instances, store_instances
+from drimhub.store.models import DEFAULT_ORG
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +38,7 @@ DICOM = "application/dicom"
 _FAILURES = {
     Outcome.DUPLICATE: FailureReason.DUPLICATE_SOP_INSTANCE,
     Outcome.SERIES_IN_OTHER_STUDY: FailureReason.DATA_SET_DOES_NOT_MATCH,
+    Outcome.NOT_AUTHORIZED: FailureReason.NOT_AUTHORIZED,
 }
 
 
@@ -41,6 +50,9 @@ class StowResult:
     failed: list[tuple[str | None, str | None, FailureReason]] = field(default_factory=list)
     unreadable: int = 0
     studies: set[str] = field(default_factory=set)
+    #: (PatientID, IssuerOfPatientID, Study Instance UID) of every instance the request stored or
+    #: found already stored in the writer's own studies (the audit's "studies involved").
+    touched: set[tuple[str | None, str | None, str]] = field(default_factory=set)
 
     @property
     def http_status(self) -> int:
@@ -102,12 +114,29 @@ _Pending = tuple[SpooledBlob, IndexEntry]
 
 
 class StoreService:
-    """Stores instances into the blob store and the metadata store."""
+    """Stores instances into the blob store and the metadata store.
 
-    def __init__(self, sessions: sessionmaker[Session], blobs: FileBlobStore, overwrite: bool = False) -> None:
+    Parameters
+    ----------
+    sessions : sessionmaker
+        The session factory (each batch is indexed in a write transaction of its own).
+    blobs : FileBlobStore
+        Where the instances' bytes go.
+    overwrite : bool
+        Policy for a known SOP Instance UID with other bytes: replace it (True) or refuse it.
+    org : str
+        The writer's organisation: it owns the studies it creates and writes only into its own.
+    patient : PatientRef, optional
+        The only patient the writer may store instances of (``patient/`` scopes).
+    """
+
+    def __init__(self, sessions: sessionmaker[Session], blobs: FileBlobStore, overwrite: bool = False,
+                 org: str = DEFAULT_ORG, patient: PatientRef | None = None) -> None:
         self.sessions = sessions
         self.blobs = blobs
         self.overwrite = overwrite
+        self.org = org
+        self.patient = patient
 
     def store_request(self, stream: IO[bytes], content_type: str | None, target_study: str | None) -> StowResult:
         """Store every part of a STOW-RS body read from ``stream``."""
@@ -159,6 +188,11 @@ class StoreService:
             sink.discard()  # PS3.18 §10.5.3: an instance of another study than the target URL's
             result.failed.append((parsed.sop_class_uid, parsed.sop_uid, FailureReason.DATA_SET_DOES_NOT_MATCH))
             return None
+        if self.patient and not self.patient.matches(parsed.study.get("patient_id"),
+                                                     parsed.study.get("issuer_of_patient_id")):
+            sink.discard()  # a patient/ scope writes that patient's instances only
+            result.failed.append((parsed.sop_class_uid, parsed.sop_uid, FailureReason.NOT_AUTHORIZED))
+            return None
         return sink, parsed
 
     def _commit(self, pending: list[_Pending], result: StowResult) -> list[Outcome | None]:
@@ -171,16 +205,18 @@ class StoreService:
         placed: list[tuple[IndexEntry, InstanceRow]] = []
         for sink, parsed in pending:
             seen = known.get(parsed.sop_uid)
-            if seen is not None and (seen[0] == sink.digest or not self.overwrite):
-                sink.discard()  # the same bytes again (idempotent), or a duplicate under "reject"
-                outcome = Outcome.ALREADY_STORED if seen[0] == sink.digest else Outcome.DUPLICATE
+            if seen is not None and (seen.org != self.org or seen.digest == sink.digest or not self.overwrite):
+                sink.discard()  # another organisation's, the same bytes again (idempotent), or a duplicate
+                outcome = (Outcome.NOT_AUTHORIZED if seen.org != self.org else
+                           Outcome.ALREADY_STORED if seen.digest == sink.digest else Outcome.DUPLICATE)
                 outcomes.append(self._record(parsed, outcome, result))
                 continue
             placed.append((parsed, self._row(parsed, sink, self.blobs.commit(sink))))
         self.blobs.flush([row.blob_key for _, row in placed])  # durable before any row points to them
         try:
             with write_session(self.sessions) as session:
-                stored = store_instances(session, [row for _, row in placed], self.overwrite)
+                stored = store_instances(session, [row for _, row in placed], self.overwrite, self.org,
+                                         self.patient)
         except Exception:
             log.exception("indexing %d instances failed", len(placed))
             for parsed, row in placed:
@@ -199,6 +235,9 @@ class StoreService:
 
     @staticmethod
     def _record(parsed: IndexEntry, outcome: Outcome, result: StowResult) -> Outcome:
+        if outcome is not Outcome.NOT_AUTHORIZED:  # another organisation's study is not "involved"
+            result.touched.add((parsed.study.get("patient_id"), parsed.study.get("issuer_of_patient_id"),
+                                parsed.study_uid))
         if outcome in _FAILURES:
             result.failed.append((parsed.sop_class_uid, parsed.sop_uid, _FAILURES[outcome]))
         else:

@@ -5,6 +5,11 @@ Each function takes a read session and the blob store, and returns a :class:`Wad
 headers and file chunks: every row is fetched before the answer is returned, so streaming needs
 no session, and no more than one instance (when it is transcoded) or one frame is ever held in
 memory.
+
+Every function takes the caller's :class:`~drimhub.store.access.Access`: a study of an
+organisation the caller may not see is answered as if it did not exist (404), and
+:func:`check_patient` refuses another patient's study to a ``patient/`` scope (403, never a
+partial answer: Argonaut SMART Imaging Access).
 """
 
 from __future__ import annotations
@@ -24,10 +29,11 @@ from drimhub.dicomweb import frames as fr
 from drimhub.dicomweb import negotiation as neg
 from drimhub.dicomweb.ingest import BULK_PREFIX
 from drimhub.dicomweb.multipart import new_boundary, write_parts
-from drimhub.server.errors import NotAcceptable, NotFound
+from drimhub.server.errors import Forbidden, NotAcceptable, NotFound
 from drimhub.store import retrieve
+from drimhub.store.access import Access
 from drimhub.store.blobs import FileBlobStore
-from drimhub.store.retrieve import StoredInstance
+from drimhub.store.retrieve import StoredInstance, StudyRef
 
 DICOM_JSON = "application/dicom+json"
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
@@ -61,8 +67,35 @@ class Scope:
         return f"study {self.study}"
 
 
-def _instances(session: Session, scope: Scope) -> list[StoredInstance]:
-    found = retrieve.instances(session, scope.study, scope.series, scope.sop)
+def locate(session: Session, study: str, access: Access) -> StudyRef:
+    """The study a WADO-RS or DELETE request names, when the caller's organisations see it.
+
+    Raises
+    ------
+    NotFound
+        No such study, or a study of an organisation the caller may not see (the same answer:
+        nothing tells another organisation that the UID exists here).
+    """
+    ref = retrieve.locate_study(session, study, access)
+    if ref is None:
+        raise NotFound(f"no study {study}")
+    return ref
+
+
+def check_patient(ref: StudyRef, access: Access) -> None:
+    """Refuse a study of another patient than the one of a ``patient/`` scope.
+
+    Raises
+    ------
+    Forbidden
+        The study is not of the patient in the token's context.
+    """
+    if not access.sees_patient(ref.patient_id, ref.issuer_of_patient_id):
+        raise Forbidden(f"study {ref.study_uid} is not of the patient in the access token's context")
+
+
+def _instances(session: Session, scope: Scope, access: Access) -> list[StoredInstance]:
+    found = retrieve.instances(session, access, scope.study, scope.series, scope.sop)
     if not found:
         raise NotFound(f"no {scope.describe()}")
     return found
@@ -81,7 +114,8 @@ def _multipart(parts: list[Part], part_type: str) -> WadoAnswer:
 
 # --- PS3.18 §10.4.1.1.1-3 Study, Series, Instance resources -------------------------------
 
-def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, accept: str | None) -> WadoAnswer:
+def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, accept: str | None, *,
+                       access: Access) -> WadoAnswer:
     """The instances of a study, series or one instance as ``multipart/related; type="application/dicom"``.
 
     The transfer syntax is chosen per instance (PS3.18 §8.7.8.2 note 1): as stored, or Explicit
@@ -94,7 +128,7 @@ def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, acc
     NotAcceptable
         Some instance cannot be produced in any representation the client accepts.
     """
-    found = _instances(session, scope)
+    found = _instances(session, scope, access)
     ranges = neg.parse_accept(accept)
     chosen: dict[str, neg.Selection] = {}
     for stored in {inst.transfer_syntax for inst in found}:
@@ -173,7 +207,7 @@ def _chunked(data: bytes) -> Iterator[bytes]:
 # --- PS3.18 §10.4.1.1.2 Metadata resources ----------------------------------------------
 
 def retrieve_metadata(session: Session, scope: Scope, base: str, accept: str | None,
-                      if_none_match: str | None = None, gzip_ok: bool = False) -> WadoAnswer:
+                      if_none_match: str | None = None, gzip_ok: bool = False, *, access: Access) -> WadoAnswer:
     """DICOM JSON (PS3.18 §F.2) of every instance in scope, from the stored JSON.
 
     The stored objects are concatenated as they are, the ``drimhub-base:`` prefix of their
@@ -189,7 +223,7 @@ def retrieve_metadata(session: Session, scope: Scope, base: str, accept: str | N
     """
     if not neg.accepts_json(neg.parse_accept(accept)):
         raise NotAcceptable("metadata is available as application/dicom+json only")
-    rows = retrieve.metadata(session, scope.study, scope.series, scope.sop)
+    rows = retrieve.metadata(session, access, scope.study, scope.series, scope.sop)
     if not rows:
         raise NotFound(f"no {scope.describe()}")
     digest = hashlib.blake2b(base.encode(), digest_size=16)
@@ -215,7 +249,7 @@ def _etags(header: str) -> set[str]:
 # --- PS3.18 §10.4.1.1.5-6 Bulkdata and Frames resources ------------------------------------
 
 def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, numbers: list[int],
-                    accept: str | None) -> WadoAnswer:
+                    accept: str | None, *, access: Access) -> WadoAnswer:
     """Frames of one instance, in the order asked, one part each (PS3.18 §10.4.1.1.6, §8.6.1.2).
 
     Raises
@@ -225,7 +259,7 @@ def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, number
     NotAcceptable
         The frames cannot be produced in any acceptable media type.
     """
-    inst = _instances(session, scope)[0]
+    inst = _instances(session, scope, access)[0]
     fr.check_frames(inst, numbers)
     selection = _select_pixels(inst, accept)
     parts: list[Part] = [(selection.content_type(), fr.frame_chunks(blobs, inst, n, selection),
@@ -242,7 +276,7 @@ def _select_pixels(inst: StoredInstance, accept: str | None) -> neg.Selection:
 
 
 def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag: str,
-                      accept: str | None) -> WadoAnswer:
+                      accept: str | None, *, access: Access) -> WadoAnswer:
     """The value of one top-level bulk data element, as the BulkDataURIs of the metadata name it.
 
     Pixel Data comes from the blob range as one native part, or as one part per compressed
@@ -259,7 +293,7 @@ def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag:
     if not _TAG.match(tag):
         raise NotFound(f"not a bulk data tag: {tag[:16]!r}")
     tag = tag.upper()
-    inst = _instances(session, scope)[0]
+    inst = _instances(session, scope, access)[0]
     if tag == fr.PIXEL_DATA and inst.number_of_frames is not None:
         selection = _select_pixels(inst, accept)
         if inst.transfer_syntax in neg.NATIVE_LITTLE_ENDIAN or neg.is_decoded(selection, inst.transfer_syntax):

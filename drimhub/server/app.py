@@ -11,6 +11,7 @@ from flask import Flask
 from flask_cors import CORS
 
 from drimhub.server import audit, config, converters, db, errors, ops
+from drimhub.server.auth import policy
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
@@ -29,6 +30,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     converters.init_app(app)
     db.init_app(app)
     ops.init_app(app)
+    policy.init_app(app)  # bearer tokens and SMART scopes on every route but the public ones
     audit.init_app(app)
     CORS(app, resources={r"/(dicom-web|fhir|federated|wado)(/.*)?": {"origins": app.config["CORS_ORIGINS"]}},
          expose_headers=["ETag", "Warning", "Content-Location", "Location", "X-Request-Id"], max_age=600)

@@ -146,15 +146,19 @@ def _plain_body(status: int, message: str, code: str) -> Response:
 
 
 def render_error(status: int, message: str, issue_code: str = "exception",
-                 headers: dict[str, str] | None = None) -> Response:
-    """Render an error in the form of the URL space the request was for."""
+                 headers: dict[str, str] | None = None, oauth_error: str | None = None) -> Response:
+    """Render an error in the form of the URL space the request was for.
+
+    ``oauth_error`` replaces ``issue_code`` as the ``error`` of the RFC 6749 JSON form (for the
+    RFC 6750 codes ``invalid_token`` and ``insufficient_scope``).
+    """
     path = request.path
     if path.startswith(("/dicom-web", "/federated/dicom-web", "/wado")):
         response = _dicomweb_body(status, message)
     elif path.startswith("/fhir"):
         response = _fhir_body(status, message, issue_code)
     else:
-        response = _plain_body(status, message, issue_code)
+        response = _plain_body(status, message, oauth_error or issue_code)
     for name, value in (headers or {}).items():
         response.headers[name] = value
     return response
@@ -163,8 +167,10 @@ def render_error(status: int, message: str, issue_code: str = "exception",
 def _handle_drimhub(exc: DrimhubError) -> Response:
     if exc.http_status >= 500:
         log.error("%s: %s", type(exc).__name__, exc.message)
-    headers = {"Allow": ", ".join(exc.data["allow"])} if "allow" in exc.data else None
-    return render_error(exc.http_status, exc.message, exc.issue_code, headers)
+    headers = {"Allow": ", ".join(exc.data["allow"])} if "allow" in exc.data else {}
+    if "www_authenticate" in exc.data:  # RFC 6750 §3, on 401 and on 403 insufficient_scope
+        headers["WWW-Authenticate"] = exc.data["www_authenticate"]
+    return render_error(exc.http_status, exc.message, exc.issue_code, headers, exc.data.get("oauth_error"))
 
 
 _HTTP_ISSUE_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}

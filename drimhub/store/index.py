@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from drimhub.store.access import PatientRef
 from drimhub.store.models import Instance, Series, Study
 
 
@@ -30,6 +31,9 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"
     #: The instance's series already belongs to another study.
     SERIES_IN_OTHER_STUDY = "series-in-other-study"
+    #: The instance's study (or the stored instance with its SOP Instance UID) belongs to another
+    #: organisation, or to another patient than the writer's ``patient/`` scope allows.
+    NOT_AUTHORIZED = "not-authorized"
 
 
 @dataclass(frozen=True)
@@ -81,24 +85,39 @@ def _insert_returning_pk(session: Session, model: Any, values: dict[str, Any], k
 
 
 class _Parents:
-    """Study and series primary keys seen in one transaction (most rows share them)."""
+    """Study and series primary keys seen in one transaction (most rows share them).
 
-    def __init__(self, session: Session) -> None:
+    Studies are created owned by ``org``; a study owned by another organisation, or of another
+    patient than ``patient``, is not the writer's: :meth:`study_pk` returns None for it.
+    """
+
+    def __init__(self, session: Session, org: str, patient: PatientRef | None) -> None:
         self.session = session
-        self.studies: dict[str, int] = {}
+        self.org = org
+        self.patient = patient
+        self.studies: dict[str, int | None] = {}
         self.series: dict[str, tuple[int, int]] = {}
 
-    def study_pk(self, row: InstanceRow) -> int:
+    def study_pk(self, row: InstanceRow) -> int | None:
+        """Primary key of the row's study (created when new), or None when the writer may not write into it."""
         if row.study_uid not in self.studies:
-            pk = self.session.scalar(select(Study.pk).where(Study.study_uid == row.study_uid))
-            if pk is None:
-                pk = _insert_returning_pk(self.session, Study, {"study_uid": row.study_uid, "attrs": row.study_attrs,
-                                                                **row.study}, "study_uid")
-            if pk is None:  # inserted by a concurrent transaction meanwhile
-                pk = self.session.scalar(select(Study.pk).where(Study.study_uid == row.study_uid))
-            assert pk is not None
-            self.studies[row.study_uid] = pk
+            found = self._find_study(row.study_uid)
+            if found is None:
+                values = {"study_uid": row.study_uid, "attrs": row.study_attrs, "org": self.org, **row.study}
+                pk = _insert_returning_pk(self.session, Study, values, "study_uid")
+                # None: inserted by a concurrent transaction meanwhile, maybe by another organisation
+                found = (pk, self.org, row.study.get("patient_id"), row.study.get("issuer_of_patient_id")) \
+                    if pk is not None else self._find_study(row.study_uid)
+            assert found is not None
+            pk, org, patient_id, issuer = found
+            mine = org == self.org and (self.patient is None or self.patient.matches(patient_id, issuer))
+            self.studies[row.study_uid] = pk if mine else None
         return self.studies[row.study_uid]
+
+    def _find_study(self, study_uid: str) -> tuple[int, str, str | None, str | None] | None:
+        found = self.session.execute(select(Study.pk, Study.org, Study.patient_id, Study.issuer_of_patient_id)
+                                     .where(Study.study_uid == study_uid)).first()
+        return (found.pk, found.org, found.patient_id, found.issuer_of_patient_id) if found else None
 
     def series_pk(self, row: InstanceRow, study_pk: int) -> int | None:
         """Primary key of the row's series, or None when it belongs to another study."""
@@ -119,18 +138,28 @@ class _Parents:
         return (found.pk, found.study_pk) if found else None
 
 
-def known_instances(session: Session, sop_uids: list[str]) -> dict[str, tuple[str, str]]:
-    """(digest, blob key) of each of ``sop_uids`` that is stored."""
-    found: dict[str, tuple[str, str]] = {}
+class Known(NamedTuple):
+    """A stored instance: its digest, its blob, and the organisation owning its study."""
+
+    digest: str
+    blob_key: str
+    org: str
+
+
+def known_instances(session: Session, sop_uids: list[str]) -> dict[str, Known]:
+    """What is stored of each of ``sop_uids`` (absent ones are left out)."""
+    found: dict[str, Known] = {}
     for start in range(0, len(sop_uids), 500):
         chunk = sop_uids[start:start + 500]
-        rows = session.execute(select(Instance.sop_uid, Instance.digest, Instance.blob_key)
+        rows = session.execute(select(Instance.sop_uid, Instance.digest, Instance.blob_key, Study.org)
+                               .join(Series, Instance.series_pk == Series.pk).join(Study, Series.study_pk == Study.pk)
                                .where(Instance.sop_uid.in_(chunk)))
-        found.update({r.sop_uid: (r.digest, r.blob_key) for r in rows})
+        found.update({r.sop_uid: Known(r.digest, r.blob_key, r.org) for r in rows})
     return found
 
 
-def store_instances(session: Session, rows: list[InstanceRow], overwrite: bool) -> list[StoreResult]:
+def store_instances(session: Session, rows: list[InstanceRow], overwrite: bool, org: str,
+                    patient: PatientRef | None = None) -> list[StoreResult]:
     """Index ``rows`` in the open write transaction of ``session`` (the caller commits).
 
     Parameters
@@ -141,14 +170,18 @@ def store_instances(session: Session, rows: list[InstanceRow], overwrite: bool) 
         The instances, their blobs already in place.
     overwrite : bool
         Replace a stored instance with the same SOP Instance UID and other bytes.
+    org : str
+        The writer's organisation: new studies belong to it, and it may write only into its own.
+    patient : PatientRef, optional
+        The only patient the writer may write for (``patient/`` scopes).
 
     Returns
     -------
     list of StoreResult
-        One per row, in order.
+        One per row, in order (NOT_AUTHORIZED leaves the other organisation's study untouched).
     """
     known = known_instances(session, [r.sop_uid for r in rows])
-    parents = _Parents(session)
+    parents = _Parents(session, org, patient)
     planned = [_plan(session, row, known.get(row.sop_uid), overwrite, parents) for row in rows]
     inserted = _insert_instances(session, [p for p in planned if isinstance(p, dict)])
     results: list[StoreResult] = []
@@ -158,25 +191,33 @@ def store_instances(session: Session, rows: list[InstanceRow], overwrite: bool) 
         elif row.blob_key not in inserted:
             # a concurrent transaction (or an earlier part of this batch) stored this SOP Instance UID first
             winner = known_instances(session, [row.sop_uid]).get(row.sop_uid)
-            outcome = Outcome.ALREADY_STORED if winner and winner[0] == row.digest else Outcome.DUPLICATE
-            results.append(StoreResult(outcome, obsolete_blob=row.blob_key))
+            results.append(StoreResult(_outcome_against(winner, row, org), obsolete_blob=row.blob_key))
         else:
             replaced = known.get(row.sop_uid)
-            results.append(StoreResult(Outcome.REPLACED, obsolete_blob=replaced[1]) if replaced
+            results.append(StoreResult(Outcome.REPLACED, obsolete_blob=replaced.blob_key) if replaced
                            else StoreResult(Outcome.STORED))
     return results
 
 
-def _plan(session: Session, row: InstanceRow, known: tuple[str, str] | None, overwrite: bool,
+def _outcome_against(stored: Known | None, row: InstanceRow, org: str) -> Outcome:
+    """Outcome of a row whose SOP Instance UID is already stored as ``stored``."""
+    if stored is not None and stored.org != org:
+        return Outcome.NOT_AUTHORIZED  # said before anything about its content
+    return Outcome.ALREADY_STORED if stored is not None and stored.digest == row.digest else Outcome.DUPLICATE
+
+
+def _plan(session: Session, row: InstanceRow, known: Known | None, overwrite: bool,
           parents: _Parents) -> StoreResult | dict[str, Any]:
     """The final result of a row that will not be inserted, or the values to insert."""
     if known is not None:
-        if known[0] == row.digest:
-            return StoreResult(Outcome.ALREADY_STORED, obsolete_blob=row.blob_key)
-        if not overwrite or not _same_place(session, row):
-            return StoreResult(Outcome.DUPLICATE, obsolete_blob=row.blob_key)
-        session.execute(delete(Instance).where(Instance.sop_uid == row.sop_uid))
+        outcome = _outcome_against(known, row, parents.org)
+        if outcome is not Outcome.DUPLICATE or not overwrite or not _same_place(session, row):
+            return StoreResult(outcome, obsolete_blob=row.blob_key)
     study_pk = parents.study_pk(row)
+    if study_pk is None:
+        return StoreResult(Outcome.NOT_AUTHORIZED, obsolete_blob=row.blob_key)
+    if known is not None:  # overwrite, in the writer's own study (checked just above)
+        session.execute(delete(Instance).where(Instance.sop_uid == row.sop_uid))
     series_pk = parents.series_pk(row, study_pk)
     if series_pk is None:
         return StoreResult(Outcome.SERIES_IN_OTHER_STUDY, obsolete_blob=row.blob_key)

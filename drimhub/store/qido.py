@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, aliased
 
 from drimhub.dicomweb.query import (Condition, FuzzyName, Level, QueryExpression, Range, Single, Universal,
                                     ValueList, Wildcard)
+from drimhub.store.access import Access
 from drimhub.store.models import Instance, Series, Study
 
 _TABLES: dict[str, tuple[Level, type[Any]]] = {
@@ -34,11 +35,13 @@ ESCAPE = "\\"
 
 @dataclass(frozen=True)
 class MatchRow:
-    """One matching entity with its parents: primary keys, UIDs and stored DICOM JSON."""
+    """One matching entity with its parents: primary keys, UIDs, the patient and stored DICOM JSON."""
 
     study_pk: int
     study_uid: str
     study_attrs: bytes
+    patient_id: str | None = None
+    issuer_of_patient_id: str | None = None
     series_pk: int | None = None
     series_uid: str | None = None
     series_attrs: bytes | None = None
@@ -112,7 +115,7 @@ def _clause(cond: Condition, sqlite: bool) -> ColumnElement[bool] | None:
 
 def _base(level: Level) -> Select[Unpack[tuple[Any, ...]]]:
     """Columns and joins of a level, in a deterministic order (stable limit/offset pages)."""
-    study_cols = (Study.pk, Study.study_uid, Study.attrs)
+    study_cols = (Study.pk, Study.study_uid, Study.attrs, Study.patient_id, Study.issuer_of_patient_id)
     if level is Level.STUDY:
         return select(*study_cols).order_by(Study.study_date.desc().nulls_last(),
                                             Study.study_time.desc().nulls_last(), Study.pk)
@@ -125,7 +128,8 @@ def _base(level: Level) -> Select[Unpack[tuple[Any, ...]]]:
             .order_by(*order, Instance.instance_number.nulls_last(), Instance.pk))
 
 
-def search_statement(expr: QueryExpression, limit: int, sqlite: bool = False) -> Select[Unpack[tuple[Any, ...]]]:
+def search_statement(expr: QueryExpression, limit: int, access: Access,
+                     sqlite: bool = False) -> Select[Unpack[tuple[Any, ...]]]:
     """The ``select()`` of the entities matching ``expr``, ``limit`` rows from ``expr.offset``.
 
     Parameters
@@ -134,6 +138,8 @@ def search_statement(expr: QueryExpression, limit: int, sqlite: bool = False) ->
         The parsed query.
     limit : int
         Rows to fetch (PS3.18 §8.3.4.4; the caller adds one to detect truncation).
+    access : Access
+        The organisations (and patient) whose studies may match; applied in SQL.
     sqlite : bool
         Add the SQLite-only GLOB clauses that keep text matching case-sensitive.
 
@@ -141,7 +147,7 @@ def search_statement(expr: QueryExpression, limit: int, sqlite: bool = False) ->
     -------
     Select
     """
-    stmt = _base(expr.level)
+    stmt = _base(expr.level).where(*access.study_filter())
     for cond in expr.conditions:
         clause = _clause(cond, sqlite)
         if clause is not None:
@@ -149,7 +155,7 @@ def search_statement(expr: QueryExpression, limit: int, sqlite: bool = False) ->
     return stmt.limit(limit).offset(expr.offset)
 
 
-def find_matches(session: Session, expr: QueryExpression, limit: int) -> list[MatchRow]:
+def find_matches(session: Session, expr: QueryExpression, limit: int, access: Access) -> list[MatchRow]:
     """Run :func:`search_statement` and return its rows as :class:`MatchRow`.
 
     Parameters
@@ -160,13 +166,15 @@ def find_matches(session: Session, expr: QueryExpression, limit: int) -> list[Ma
         The parsed query.
     limit : int
         Rows to fetch at most.
+    access : Access
+        The organisations (and patient) whose studies may match.
 
     Returns
     -------
     list of MatchRow
     """
     sqlite = session.get_bind().dialect.name == "sqlite"
-    rows = session.execute(search_statement(expr, limit, sqlite)).all()
+    rows = session.execute(search_statement(expr, limit, access, sqlite)).all()
     return [MatchRow(*_plain(row)) for row in rows]
 
 

@@ -2,7 +2,9 @@
 
 Rows come back as plain frozen values (:class:`StoredInstance`), so that a streamed answer
 needs no session once the view has returned. Order is series number, instance number
-(unnumbered last), then insertion order.
+(unnumbered last), then insertion order. Every query takes the caller's
+:class:`~drimhub.store.access.Access` and applies it in SQL: a study of an organisation the
+caller may not see is not found.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from sqlalchemy import Select, delete, exists, select
 from sqlalchemy.orm import Session
 
+from drimhub.store.access import Access
 from drimhub.store.models import Instance, Series, Study
 
 
@@ -41,9 +44,43 @@ _COLUMNS = (Instance.pk, Instance.sop_uid, Instance.transfer_syntax, Instance.bl
             Instance.pixel_length)
 
 
-def _scoped(stmt: Select[Any], study: str, series: str | None, sop: str | None) -> Select[Any]:
+@dataclass(frozen=True)
+class StudyRef:
+    """A stored study: its owner and its patient."""
+
+    pk: int
+    study_uid: str
+    org: str
+    patient_id: str | None
+    issuer_of_patient_id: str | None
+
+
+def locate_study(session: Session, study: str, access: Access) -> StudyRef | None:
+    """The study ``study`` when it exists in an organisation ``access`` sees (its patient is not checked).
+
+    Parameters
+    ----------
+    session : Session
+        A read session.
+    study : str
+        Study Instance UID.
+    access : Access
+        The caller's access; only its organisations are applied here, so that the caller can
+        tell "no such study" (None) from "another patient's study" (a ref it may not read).
+
+    Returns
+    -------
+    StudyRef or None
+    """
+    stmt = (select(Study.pk, Study.study_uid, Study.org, Study.patient_id, Study.issuer_of_patient_id)
+            .where(Study.study_uid == study, *Access(access.orgs).study_filter()))
+    row = session.execute(stmt).first()
+    return StudyRef(*row) if row else None
+
+
+def _scoped(stmt: Select[Any], study: str, series: str | None, sop: str | None, access: Access) -> Select[Any]:
     stmt = (stmt.join(Series, Instance.series_pk == Series.pk).join(Study, Series.study_pk == Study.pk)
-            .where(Study.study_uid == study))
+            .where(Study.study_uid == study, *access.study_filter()))
     if series is not None:
         stmt = stmt.where(Series.series_uid == series)
     if sop is not None:
@@ -52,7 +89,7 @@ def _scoped(stmt: Select[Any], study: str, series: str | None, sop: str | None) 
                          Instance.instance_number.asc().nulls_last(), Instance.pk)
 
 
-def instances(session: Session, study: str, series: str | None = None,
+def instances(session: Session, access: Access, study: str, series: str | None = None,
               sop: str | None = None) -> list[StoredInstance]:
     """Instances of a study, of one of its series, or one instance of that series.
 
@@ -60,28 +97,31 @@ def instances(session: Session, study: str, series: str | None = None,
     ----------
     session : Session
         A read session.
+    access : Access
+        The caller's access (organisations and patient).
     study, series, sop : str
         The Study, Series and SOP Instance UIDs; ``series`` and ``sop`` narrow the scope.
 
     Returns
     -------
     list of StoredInstance
-        Empty when nothing matches (unknown UID, or a series of another study).
+        Empty when nothing visible matches (unknown UID, a series of another study, a study
+        the caller may not see).
     """
-    rows = session.execute(_scoped(select(*_COLUMNS), study, series, sop)).all()
+    rows = session.execute(_scoped(select(*_COLUMNS), study, series, sop, access)).all()
     return [StoredInstance(*row) for row in rows]
 
 
-def metadata(session: Session, study: str, series: str | None = None,
+def metadata(session: Session, access: Access, study: str, series: str | None = None,
              sop: str | None = None) -> list[tuple[int, str, bytes]]:
-    """(pk, digest, DICOM JSON) of each instance in scope, in retrieval order."""
-    stmt = _scoped(select(Instance.pk, Instance.digest, Instance.dicom_json), study, series, sop)
+    """(pk, digest, DICOM JSON) of each visible instance in scope, in retrieval order."""
+    stmt = _scoped(select(Instance.pk, Instance.digest, Instance.dicom_json), study, series, sop, access)
     return [(row[0], row[1], row[2]) for row in session.execute(stmt)]
 
 
-def delete_instances(session: Session, study: str, series: str | None = None,
+def delete_instances(session: Session, access: Access, study: str, series: str | None = None,
                      sop: str | None = None) -> list[str]:
-    """Delete the instances in scope, then their series and study if left empty.
+    """Delete the visible instances in scope, then their series and study if left empty.
 
     Runs in the caller's write transaction; the caller deletes the returned blobs once it has
     committed (a crash in between leaves orphan blobs for the sweep, never a dangling row).
@@ -92,7 +132,7 @@ def delete_instances(session: Session, study: str, series: str | None = None,
         Blob keys of the deleted instances; empty when nothing matched.
     """
     found = session.execute(_scoped(select(Instance.pk, Instance.blob_key, Instance.series_pk),
-                                     study, series, sop)).all()
+                                     study, series, sop, access)).all()
     if not found:
         return []
     series_pks = {row.series_pk for row in found}

@@ -1,0 +1,198 @@
+"""Who may call what: the public allowlist, the scope each endpoint needs, and the hook enforcing them.
+
+Decisions (ARCHITECTURE §3 "Authorisation model"; security.md §1.1, §1.4, §7):
+
+Public (no token)
+    ``/healthz`` and ``/readyz`` (load balancers and orchestrators probe them without
+    credentials; they say nothing about stored data), the OAuth2 endpoints under ``/oauth/``,
+    the discovery documents under ``/.well-known/`` and ``/fhir/.well-known/``, ``/fhir/metadata``
+    (the CapabilityStatement a SMART client reads before it has a token), and ``/conformance/``
+    (the published conformance statement of the software, PS3.2). OPTIONS requests too: a CORS
+    pre-flight carries no credentials (Fetch standard); Flask answers OPTIONS from the route table
+    and the explicit OPTIONS views return only ``Allow``, so no OPTIONS request reaches data.
+Everything else needs ``Authorization: Bearer``
+    Unknown URLs included: without a valid token they are a 401 (then, with one, the routing
+    404/405/400), so that an anonymous caller learns nothing about which URLs exist.
+401 or 403
+    No token, or a malformed, expired, revoked one, of an unknown issuer, for another audience,
+    with a bad signature or ``alg: none`` → **401** with ``WWW-Authenticate: Bearer
+    realm="drimhub", error="invalid_token", error_description="…"`` (no ``error`` when no token
+    was sent, RFC 6750 §3.1). A valid token whose scopes do not cover the request → **403** with
+    ``error="insufficient_scope"`` (SMART and RFC 6750 §3.1; IHE IUA would say 401, security.md
+    §7 recommends 403). Bodies in the protocol's form: DICOM JSON under ``/dicom-web``,
+    OperationOutcome under ``/fhir``, RFC 6749 JSON elsewhere. A protected endpoint without a
+    rule here is a 403 (fail closed), and the route-enumeration test fails.
+Scopes (SMART v2, v1 ``.read``/``.write``/``.*`` accepted)
+    QIDO-RS needs ImagingStudy ``s``; WADO-RS (instances, metadata, frames, bulk data)
+    ImagingStudy ``r``; STOW-RS ``c``; DELETE ``d``. ``/metrics`` needs :data:`METRICS_SCOPE`,
+    a scope outside SMART's resource scopes so that ``system/*.cruds`` never grants it (a
+    Prometheus scrape gets it with client credentials).
+``patient/`` scopes
+    When only a ``patient/`` scope grants the permission, the token's ``patient`` claim (a
+    PatientID, or ``issuer|id``) restricts the request to that patient's studies; a mismatch is a
+    403, never an empty or partial answer (Argonaut SMART Imaging Access); no ``patient`` claim is
+    a 403. A ``user/`` or ``system/`` grant of the same permission is not restricted.
+Organisations
+    A token acts for its ``org``; it finds, reads, writes and deletes only that organisation's
+    studies (another organisation's study is a 404 on WADO and DELETE, absent from QIDO, refused
+    per instance on STOW). The one deliberate exception is :data:`CROSS_ORG_SEARCH`: a regional
+    hub's token carrying it (with an ImagingStudy ``s`` grant) searches every organisation; it
+    still reads only its own. :func:`visible_orgs` is the one place to extend with share grants.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from flask import Flask, g, request
+
+from drimhub.server.auth import protect
+from drimhub.server.auth.principal import Principal
+from drimhub.server.errors import Forbidden
+from drimhub.store.access import Access, PatientRef
+
+log = logging.getLogger(__name__)
+
+#: Operator scope for ``/metrics``.
+METRICS_SCOPE = "drimhub/metrics.read"
+#: Deliberate grant for regional hubs: QIDO over every organisation's studies.
+CROSS_ORG_SEARCH = "drimhub/cross-org.s"
+
+#: URL rules (patterns) answered without a token, exactly.
+PUBLIC_RULES = frozenset({"/healthz", "/readyz", "/fhir/metadata"})
+#: URL prefixes answered without a token.
+PUBLIC_PREFIXES = ("/oauth/", "/.well-known/", "/fhir/.well-known/", "/conformance/")
+
+
+@dataclass(frozen=True)
+class Requirement:
+    """What a token must grant: a SMART permission letter on a resource type, or a plain scope."""
+
+    resource: str | None = None
+    permission: str | None = None
+    scope: str | None = None
+
+    def __str__(self) -> str:
+        return self.scope or f"{self.resource}.{self.permission}"
+
+
+def _smart(resource: str, permission: str, *endpoints: str) -> dict[str, Requirement]:
+    return {endpoint: Requirement(resource, permission) for endpoint in endpoints}
+
+
+#: Endpoint → what it needs. Other blueprints add theirs with :func:`require`.
+RULES: dict[str, Requirement] = {
+    **_smart("ImagingStudy", "s", "dicomweb.search_studies", "dicomweb.search_series", "dicomweb.search_instances",
+             "dicomweb.search_study_series", "dicomweb.search_study_instances", "dicomweb.search_series_instances"),
+    **_smart("ImagingStudy", "r", "dicomweb.retrieve_study", "dicomweb.retrieve_series", "dicomweb.retrieve_instance",
+             "dicomweb.study_metadata", "dicomweb.series_metadata", "dicomweb.instance_metadata",
+             "dicomweb.bulkdata", "dicomweb.frames"),
+    **_smart("ImagingStudy", "c", "dicomweb.store", "dicomweb.store_study"),
+    **_smart("ImagingStudy", "d", "dicomweb.delete_study", "dicomweb.delete_series", "dicomweb.delete_instance"),
+    "ops.metrics": Requirement(scope=METRICS_SCOPE),
+}
+
+
+def require(endpoint: str, requirement: Requirement) -> None:
+    """Declare what ``endpoint`` needs (for blueprints registered outside this module)."""
+    RULES[endpoint] = requirement
+
+
+def is_public(rule: str) -> bool:
+    """True when the URL rule (or, for an unmatched request, the path) needs no token."""
+    return rule in PUBLIC_RULES or rule.startswith(PUBLIC_PREFIXES)
+
+
+def visible_orgs(principal: Principal, permission: str) -> frozenset[str] | None:
+    """Organisations whose studies ``principal`` may use with ``permission``; None: every one.
+
+    The caller's own organisation; every organisation for a search with :data:`CROSS_ORG_SEARCH`.
+    Share grants (a later issue) extend this function and nothing else.
+    """
+    if permission == "s" and CROSS_ORG_SEARCH in principal.scopes.other:
+        return None
+    return frozenset({principal.org})
+
+
+def authorize(principal: Principal, requirement: Requirement) -> Access:
+    """The access ``principal`` has for an endpoint with ``requirement``.
+
+    Raises
+    ------
+    Forbidden
+        The scopes do not grant it (``insufficient_scope``), or a ``patient/`` scope comes
+        without a ``patient`` claim.
+    """
+    if requirement.scope is not None:
+        if requirement.scope not in principal.scopes.other:
+            raise _insufficient(requirement)
+        return Access.of_org(principal.org)
+    assert requirement.resource is not None and requirement.permission is not None
+    contexts = principal.scopes.contexts_for(requirement.resource, requirement.permission)
+    if not contexts:
+        raise _insufficient(requirement)
+    patient = None
+    if contexts == {"patient"}:
+        if not principal.patient:
+            raise _insufficient(requirement, "a patient/ scope needs a patient context (claim patient)")
+        patient = PatientRef.parse(principal.patient)
+    return Access(visible_orgs(principal, requirement.permission), patient)
+
+
+def _insufficient(requirement: Requirement, reason: str | None = None) -> Forbidden:
+    description = reason or f"the access token's scopes do not grant {requirement}"
+    return Forbidden(description, oauth_error="insufficient_scope",
+                     www_authenticate=protect.www_authenticate("insufficient_scope", description))
+
+
+def enforce() -> None:
+    """``before_request`` hook: authenticate, then authorise against :data:`RULES`.
+
+    Leaves the caller in ``g.principal`` and its :class:`Access` in ``g.access``.
+    """
+    rule = request.url_rule.rule if request.url_rule is not None else request.path
+    if request.method == "OPTIONS" or is_public(rule):
+        return
+    g.principal = protect.authenticate()
+    if request.url_rule is None:
+        return  # the routing error (404, 405, 400) follows, for an authenticated caller
+    requirement = RULES.get(str(request.endpoint))
+    if requirement is None:
+        log.error("endpoint %s has no access rule: refused", request.endpoint)
+        raise Forbidden("no access rule is defined for this endpoint")
+    g.access = authorize(g.principal, requirement)
+
+
+def current_access() -> Access:
+    """The current request's access (set by :func:`enforce`).
+
+    Raises
+    ------
+    Forbidden
+        None was established (a view reached without the hook): fail closed.
+    """
+    access: Access | None = g.get("access")
+    if access is None:
+        raise Forbidden("no access was established for this request")
+    return access
+
+
+def current_principal() -> Principal:
+    """The caller of the current request (set by :func:`enforce`).
+
+    Raises
+    ------
+    Forbidden
+        No caller was authenticated (a view reached without the hook): fail closed.
+    """
+    principal: Principal | None = g.get("principal")
+    if principal is None:
+        raise Forbidden("no caller was authenticated for this request")
+    return principal
+
+
+def init_app(app: Flask) -> None:
+    """Build the resource protector and register :func:`enforce` before every request."""
+    protect.init_app(app)
+    app.before_request(enforce)

@@ -1,0 +1,81 @@
+"""What a caller may see of the stored studies, as plain values the services take as arguments.
+
+An :class:`Access` names the organisations whose studies are visible (``None``: every one, for
+the node's own tools and for a deliberate cross-organisation grant) and, for ``patient/``
+scopes, the one patient whose studies are visible. The web layer builds it from the access
+token (:mod:`drimhub.server.auth.policy`); the store applies it in SQL, so that rows of other
+organisations never leave the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import ColumnElement
+
+from drimhub.store.models import Study
+
+
+@dataclass(frozen=True)
+class PatientRef:
+    """A patient as a token's ``patient`` claim names it: a Patient ID, optionally ``issuer|id``."""
+
+    id: str
+    issuer: str | None = None
+
+    @classmethod
+    def parse(cls, value: str) -> PatientRef:
+        """``"ISSUER|ID"`` or ``"ID"`` (the FHIR token form ``system|value``)."""
+        issuer, sep, patient_id = value.partition("|")
+        return cls(patient_id, issuer or None) if sep else cls(value)
+
+    def matches(self, patient_id: str | None, issuer: str | None) -> bool:
+        """True when a study's PatientID (and IssuerOfPatientID, when the claim names one) match."""
+        return patient_id == self.id and (self.issuer is None or issuer == self.issuer)
+
+    def __str__(self) -> str:
+        return f"{self.issuer}|{self.id}" if self.issuer else self.id
+
+
+@dataclass(frozen=True)
+class Access:
+    """The studies one caller may see.
+
+    Attributes
+    ----------
+    orgs : frozenset of str or None
+        Organisations whose studies are visible; ``None`` means every organisation.
+    patient : PatientRef or None
+        The only patient whose studies are visible (``patient/`` scopes); ``None``: any patient.
+    """
+
+    orgs: frozenset[str] | None
+    patient: PatientRef | None = None
+
+    @classmethod
+    def of_org(cls, org: str, patient: PatientRef | None = None) -> Access:
+        """One organisation's studies (and one of its patients' only, when ``patient`` is given)."""
+        return cls(frozenset({org}), patient)
+
+    def sees_org(self, org: str) -> bool:
+        """True when studies owned by ``org`` are visible."""
+        return self.orgs is None or org in self.orgs
+
+    def sees_patient(self, patient_id: str | None, issuer: str | None) -> bool:
+        """True when a study of this patient is visible (always, without a patient restriction)."""
+        return self.patient is None or self.patient.matches(patient_id, issuer)
+
+    def study_filter(self) -> list[ColumnElement[bool]]:
+        """SQL conditions on :class:`~drimhub.store.models.Study` (organisation and patient)."""
+        clauses: list[ColumnElement[bool]] = []
+        if self.orgs is not None:
+            clauses.append(Study.org.in_(sorted(self.orgs)))
+        if self.patient is not None:
+            clauses.append(Study.patient_id == self.patient.id)
+            if self.patient.issuer is not None:
+                clauses.append(Study.issuer_of_patient_id == self.patient.issuer)
+        return clauses
+
+
+#: No restriction: the node's own tools (``drimhub import``), never a request.
+EVERYTHING = Access(None)
