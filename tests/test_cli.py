@@ -1,16 +1,17 @@
-"""The `drimhub` command line: import (files, folders, zip archives) and db commands."""
+"""The `drimhub` command line: import (files, folders, zip archives), db commands, serve's start-up checks."""
 
 from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
 import dicomfactory as f
-from drimhub.server.cli import main
+from drimhub.server.cli import is_loopback, main
 from drimhub.store.engine import make_engine, make_sessionmaker
 from drimhub.store.models import Instance
 
@@ -80,3 +81,78 @@ def test_import_goes_on_past_a_corrupt_zip_member(env: dict[str, str], fresh_db_
     assert "2 stored, 0 already present, 1 failed" in r.output
     assert "d.zip:b.dcm: cannot read" in r.output
     assert not any((tmp_path / "var" / "blobs" / "tmp").iterdir())
+
+
+# --- serve: refusal to expose a misconfigured node ------------------------------------------
+
+@pytest.fixture
+def serve_env(tmp_path: Path, signing_key_pem: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str | None]:
+    """A serve environment on SQLite, with gunicorn replaced by a recorder (nothing is bound)."""
+    from drimhub.server import wsgi
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "prom"))  # serve sets it; restored after
+    calls: list[tuple[str, int]] = []
+    monkeypatch.setattr(wsgi, "run_gunicorn", lambda host, port, *_: calls.append((host, port)))
+    return {"DRIMHUB_DATA_DIR": str(tmp_path / "var"), "DRIMHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'd.db'}",
+            "DRIMHUB_SIGNING_KEY": signing_key_pem, "DRIMHUB_BASE_URL": None, "_calls": calls}  # type: ignore[dict-item]
+
+
+def _serve(serve_env: dict[str, Any], *args: str) -> Any:
+    env = {k: v for k, v in serve_env.items() if not k.startswith("_")}
+    return CliRunner().invoke(main, ["serve", *args], env=env)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "pacs.example.org"])
+def test_serve_refuses_a_public_bind_without_base_url(serve_env: dict[str, Any], host: str) -> None:
+    r = _serve(serve_env, "--host", host)
+    assert r.exit_code == 2, r.output
+    assert "not a loopback address" in r.output and "DRIMHUB_BASE_URL is not set" in r.output
+    assert serve_env["_calls"] == []
+
+
+def test_serve_refuses_a_public_bind_without_a_signing_key(serve_env: dict[str, Any], tmp_path: Path) -> None:
+    serve_env.update(DRIMHUB_BASE_URL="https://pacs.example.org", DRIMHUB_SIGNING_KEY=str(tmp_path / "missing.pem"))
+    r = _serve(serve_env, "--host", "0.0.0.0")
+    assert r.exit_code == 2, r.output
+    assert "no signing key" in r.output and "DRIMHUB_BASE_URL" not in r.output
+    assert serve_env["_calls"] == []
+
+
+def test_serve_on_loopback_needs_no_base_url(serve_env: dict[str, Any]) -> None:
+    r = _serve(serve_env, "--host", "127.0.0.1", "--port", "8181")
+    assert r.exit_code == 0, r.output
+    assert serve_env["_calls"] == [("127.0.0.1", 8181)]
+
+
+def test_serve_on_a_public_address_when_configured(serve_env: dict[str, Any]) -> None:
+    serve_env["DRIMHUB_BASE_URL"] = "https://pacs.example.org"
+    r = _serve(serve_env, "--host", "0.0.0.0")
+    assert r.exit_code == 0, r.output
+    assert serve_env["_calls"] == [("0.0.0.0", 8080)]
+
+
+@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("127.8.0.1", True), ("::1", True),
+                                            ("[::1]", True), ("localhost", True), ("0.0.0.0", False),
+                                            ("", False), ("192.168.1.2", False), ("example.org", False)])
+def test_is_loopback(host: str, loopback: bool) -> None:
+    assert is_loopback(host) is loopback
+
+
+def test_access_log_carries_the_request_id(capsys: pytest.CaptureFixture[str]) -> None:
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    from drimhub.server.wsgi import ACCESS_LOG_FORMAT
+
+    cfg = Config()
+    cfg.set("accesslog", "-")
+    cfg.set("access_log_format", ACCESS_LOG_FORMAT)
+    resp = SimpleNamespace(status="200 OK", sent=12, headers=[("X-Request-Id", "rid-42"), ("Content-Length", "12")])
+    environ = {"REQUEST_METHOD": "GET", "RAW_URI": "/healthz", "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "10.0.0.9"}
+    Logger(cfg).access(resp, [], environ, timedelta(milliseconds=7))
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("10.0.0.9 - - [") and '"GET /healthz HTTP/1.1" 200 12' in line
+    assert line.endswith(" 7ms rid-42")

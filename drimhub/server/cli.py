@@ -6,12 +6,14 @@ prometheus-client is first imported, so that every gunicorn worker reports into 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import click
 
@@ -33,9 +35,17 @@ def _app(**overrides: Any) -> Any:
 @click.option("--workers", default=None, type=int, help="Worker processes (default: 2 x cores).")
 @click.option("--threads", default=4, show_default=True, type=int, help="Threads per worker.")
 def serve(host: str, port: int, workers: int | None, threads: int) -> None:
-    """Serve with gunicorn, after applying migrations and sweeping leftovers of a crash."""
+    """Serve with gunicorn, after applying migrations and sweeping leftovers of a crash.
+
+    A non-loopback ``--host`` needs ``DRIMHUB_BASE_URL`` and a usable signing key, else the
+    command exits with status 2 before binding (see :func:`exposure_problems`).
+    """
     from drimhub.server.config import DEFAULTS
 
+    problems = exposure_problems(host)
+    if problems:
+        _refuse(f"refusing to listen on {host}, which is not a loopback address:", problems,
+                "Fix the above, or bind 127.0.0.1 (the default) behind a reverse proxy.")
     data_dir = Path(os.environ.get("DRIMHUB_DATA_DIR", DEFAULTS["DATA_DIR"])).resolve()
     metrics_dir = data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -45,7 +55,12 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
     from drimhub.server.db import Resources
     from drimhub.store.sweep import sweep
 
-    app = _app()  # applies migrations once, before any worker starts
+    from drimhub.server.errors import DrimhubError
+
+    try:
+        app = _app()  # applies migrations once, before any worker starts
+    except DrimhubError as exc:
+        _refuse("cannot start:", [exc.message])
     res: Resources = app.extensions["drimhub"]
     temps, orphans = sweep(res.sessions, res.blobs, float(app.config["SWEEP_MIN_AGE"]))
     res.engine.dispose()
@@ -53,6 +68,63 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
     from drimhub.server.wsgi import run_gunicorn
 
     run_gunicorn(host, port, workers or 2 * (os.cpu_count() or 1), threads)
+
+
+def _refuse(headline: str, problems: list[str], advice: str = "") -> NoReturn:
+    """Print why ``serve`` does not start, and exit with status 2."""
+    click.echo(f"drimhub serve: {headline}", err=True)
+    for problem in problems:
+        click.echo(f"  - {problem}", err=True)
+    if advice:
+        click.echo(advice, err=True)
+    sys.exit(2)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) only accepts local connections.
+
+    ``localhost`` and the 127.0.0.0/8 and ::1 addresses are loopback; the wildcards (``0.0.0.0``,
+    ``::``, empty) and any other name are not: a name may resolve to a public address.
+    """
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_problems(host: str) -> list[str]:
+    """Why ``drimhub serve`` must not listen on ``host``; empty when it may.
+
+    On a loopback address nothing is required. Elsewhere the node must be able to sign tokens
+    (``DRIMHUB_SIGNING_KEY``, or a key in DATA_DIR it can read or create), and
+    ``DRIMHUB_BASE_URL`` must be set: otherwise the audience its tokens must carry, its issuer
+    and every RetrieveURL would come from the Host header a client sends.
+    """
+    if is_loopback(host):
+        return []
+    from flask import Flask
+
+    from drimhub.server import config
+    from drimhub.server.auth import keys
+    from drimhub.server.errors import DrimhubError
+
+    app = Flask("drimhub")
+    try:
+        config.load(app, None)
+    except DrimhubError as exc:
+        return [exc.message]
+    problems = []
+    base = urlsplit(str(app.config["BASE_URL"] or ""))
+    if base.scheme not in ("http", "https") or not base.netloc:
+        problems.append("DRIMHUB_BASE_URL is not set to an http(s) URL (the public URL of this node, "
+                        "e.g. https://pacs.example.org)")
+    try:
+        keys.load_signing_key(app.config["SIGNING_KEY"], Path(app.config["DATA_DIR"]))
+    except DrimhubError as exc:
+        problems.append(f"{exc.message} (set DRIMHUB_SIGNING_KEY, or make DRIMHUB_DATA_DIR writable)")
+    return problems
 
 
 @main.group()

@@ -8,6 +8,10 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
+#: gunicorn's default access log line, then the duration (ms) and the request id drimhub returns
+#: (X-Request-Id, also on the application's log records and in the audit trail).
+ACCESS_LOG_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms %({x-request-id}o)s'
+
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -63,5 +67,6 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
         "graceful_timeout": 30,
         "keepalive": 5,
         "accesslog": "-",
+        "access_log_format": ACCESS_LOG_FORMAT,
         "child_exit": _child_exit,
     }).run()
