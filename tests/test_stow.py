@@ -165,3 +165,43 @@ def test_out_of_range_values_are_stored_and_kept_whole(client: FlaskClient) -> N
     meta = client.get(f"/dicom-web/studies/{study}/series/{odd.series}/instances/{odd.sop}/metadata").json[0]
     assert meta["00080050"]["Value"] == ["A" * 40]
     assert meta["00200013"]["Value"] == [99999999999]
+
+
+@pytest.mark.parametrize("reasons_, unreadable, status", [
+    pytest.param([0x0110], 0, 503, id="processing-failure-503"),
+    pytest.param([0x0110, 0xA700], 0, 503, id="out-of-resources-503"),
+    pytest.param([0x0110, 0x0111], 0, 409, id="one-conflict-409"),
+    pytest.param([0xC000], 1, 400, id="unreadable-400"),
+])
+def test_http_status_server_side_failures(reasons_: list[int], unreadable: int, status: int) -> None:
+    """PS3.18 Table 10.5.3-1: nothing stored because of the server is not a conflict of the request."""
+    from drimhub.dicomweb.status import is_server_side, stow_http_status
+    server_side = sum(1 for r in reasons_ if is_server_side(r))
+    assert stow_http_status(0, len(reasons_), 0, unreadable, server_side) == status
+    assert stow_http_status(1, len(reasons_), 0, unreadable, server_side) == 202
+
+
+def test_transient_index_failure_is_retried(client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadlock of the indexing transaction is retried; when it persists the answer is 503 with 0110H."""
+    from sqlalchemy.exc import OperationalError
+    from drimhub.dicomweb import stow
+
+    class Deadlock(Exception):
+        sqlstate = "40P01"
+
+    real, calls = stow.store_instances, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) < 3 or len(calls) > 3:
+            raise OperationalError("INSERT", {}, Deadlock("deadlock detected"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stow, "store_instances", flaky)
+    first, second = f.ct(), f.ct()
+    assert post(client, [first.data]).status_code == 200
+    assert len(calls) == 3
+    r = post(client, [second.data])
+    assert r.status_code == 503, r.json
+    assert reasons(r.json) == [0x0110]
+    assert len(calls) == 6

@@ -41,7 +41,15 @@ class WarningReason(IntEnum):
     ELEMENTS_DISCARDED = 0xB006
 
 
-def stow_http_status(stored: int, failed: int, warned: int, unreadable: int) -> int:
+def is_server_side(reason: int) -> bool:
+    """True for a failure that is the server's problem, not the request's: the same request may succeed later.
+
+    0110H processing failure (PS3.7 C.4.2) and A7xxH refused, out of resources (PS3.4 Table B.2-1).
+    """
+    return reason == FailureReason.PROCESSING_FAILURE or reason & 0xFF00 == 0xA700
+
+
+def stow_http_status(stored: int, failed: int, warned: int, unreadable: int, server_side: int = 0) -> int:
     """HTTP status of a Store Instances response (PS3.18 Table 10.5.3-1).
 
     Parameters
@@ -54,14 +62,17 @@ def stow_http_status(stored: int, failed: int, warned: int, unreadable: int) -> 
         Stored instances that carry a warning.
     unreadable : int
         Failed parts that could not be understood at all (not DICOM).
+    server_side : int
+        Failed instances whose failure is the server's (:func:`is_server_side`).
 
     Returns
     -------
     int
         200 when everything was stored without warning; 202 when some instances were stored
-        but warnings or failures exist; 409 when none was stored because of a conflict
-        (e.g. Study Instance UID mismatch, duplicate); 400 when none was stored because no
-        part could be understood.
+        but warnings or failures exist; 503 when none was stored and every failure is the
+        server's (a transient condition: the client may retry the same request, RFC 9110
+        §15.6.4); 409 when none was stored because of a conflict (e.g. Study Instance UID
+        mismatch, duplicate); 400 when none was stored because no part could be understood.
     """
     if stored and not failed and not warned:
         return 200
@@ -69,4 +80,6 @@ def stow_http_status(stored: int, failed: int, warned: int, unreadable: int) -> 
         return 202
     if failed and unreadable == failed:
         return 400
+    if failed and server_side == failed:
+        return 503
     return 409

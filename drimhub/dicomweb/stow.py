@@ -15,19 +15,23 @@ use codes beyond its own table) and nothing of that study changes.
 from __future__ import annotations
 
 import logging
+import random
+import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drimhub.dicomweb import multipart
 from drimhub.dicomweb.ingest import UnreadableInstance, parse_instance
-from drimhub.dicomweb.status import FailureReason, stow_http_status
+from drimhub.dicomweb.status import FailureReason, is_server_side, stow_http_status
 from drimhub.server.errors import InvalidRequest, UnsupportedMediaType
 from drimhub.store.access import PatientRef
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import write_session
-from drimhub.store.index import IndexEntry, InstanceRow, Outcome, known_instances, store_instances
+from drimhub.store.index import (IndexEntry, InstanceRow, Outcome, StoreResult, known_instances,
+                                 store_instances)
 from drimhub.store.models import DEFAULT_ORG
 
 log = logging.getLogger(__name__)
@@ -56,7 +60,8 @@ class StowResult:
 
     @property
     def http_status(self) -> int:
-        return stow_http_status(len(self.referenced), len(self.failed), 0, self.unreadable)
+        server_side = sum(1 for *_, reason in self.failed if is_server_side(reason))
+        return stow_http_status(len(self.referenced), len(self.failed), 0, self.unreadable, server_side)
 
     def to_dicom_json(self, base_url: str, target_study: str | None) -> dict[str, Any]:
         """The response body (PS3.18 Table 10.5.3-2), RetrieveURLs under ``base_url``."""
@@ -111,6 +116,19 @@ def check_content_type(header: str | None) -> str:
 BATCH = 50
 
 _Pending = tuple[SpooledBlob, IndexEntry]
+
+#: Attempts of one indexing transaction that meets a deadlock or a serialisation failure.
+ATTEMPTS = 3
+#: SQLSTATEs of a transaction PostgreSQL rolled back that may simply be run again:
+#: serialization_failure and deadlock_detected (PostgreSQL Appendix A, class 40).
+_RETRY_SQLSTATES = {"40001", "40P01"}
+
+
+def is_transient(exc: OperationalError) -> bool:
+    """True when ``exc`` is a deadlock, a serialisation failure, or a locked SQLite database."""
+    if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
+        return True
+    return "database is locked" in str(exc.orig)
 
 
 class StoreService:
@@ -214,9 +232,7 @@ class StoreService:
             placed.append((parsed, self._row(parsed, sink, self.blobs.commit(sink))))
         self.blobs.flush([row.blob_key for _, row in placed])  # durable before any row points to them
         try:
-            with write_session(self.sessions) as session:
-                stored = store_instances(session, [row for _, row in placed], self.overwrite, self.org,
-                                         self.patient)
+            stored = self._index([row for _, row in placed])
         except Exception:
             log.exception("indexing %d instances failed", len(placed))
             for parsed, row in placed:
@@ -228,6 +244,25 @@ class StoreService:
                 self.blobs.delete(done.obsolete_blob)
             outcomes.append(self._record(parsed, done.outcome, result))
         return outcomes
+
+    def _index(self, rows: list[InstanceRow]) -> list[StoreResult]:
+        """Index ``rows`` in one write transaction, retried on a transient conflict.
+
+        Two concurrent transactions may still deadlock (PostgreSQL aborts one of them), fail to
+        serialise, or find a SQLite database locked beyond its busy timeout: the whole
+        transaction is then retried, up to :data:`ATTEMPTS` times in all.
+        """
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                with write_session(self.sessions) as session:
+                    return store_instances(session, rows, self.overwrite, self.org, self.patient)
+            except OperationalError as exc:
+                if attempt == ATTEMPTS or not is_transient(exc):
+                    raise
+                log.warning("indexing %d instances: %s, retrying (attempt %d)", len(rows),
+                            type(exc.orig).__name__, attempt + 1)
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _row(parsed: IndexEntry, sink: SpooledBlob, key: str) -> InstanceRow:

@@ -178,8 +178,22 @@ def store_instances(session: Session, rows: list[InstanceRow], overwrite: bool, 
     Returns
     -------
     list of StoreResult
-        One per row, in order (NOT_AUTHORIZED leaves the other organisation's study untouched).
+        One per row, in the order of ``rows`` (NOT_AUTHORIZED leaves the other organisation's
+        study untouched). The rows are processed sorted by (Study, Series, SOP Instance UID).
     """
+    # One global lock order (study, series, SOP Instance UID) for every writer: two requests
+    # touching the same studies in different orders would otherwise take the unique-index
+    # locks of the study, series and instance rows in opposite orders and deadlock.
+    order = sorted(range(len(rows)), key=lambda i: (rows[i].study_uid, rows[i].series_uid, rows[i].sop_uid))
+    results: list[StoreResult | None] = [None] * len(rows)
+    for index, result in zip(order, _store_sorted(session, [rows[i] for i in order], overwrite, org, patient)):
+        results[index] = result
+    return [r for r in results if r is not None]
+
+
+def _store_sorted(session: Session, rows: list[InstanceRow], overwrite: bool, org: str,
+                  patient: PatientRef | None) -> list[StoreResult]:
+    """:func:`store_instances` of rows already in lock order; results in that order."""
     known = known_instances(session, [r.sop_uid for r in rows])
     parents = _Parents(session, org, patient)
     planned = [_plan(session, row, known.get(row.sop_uid), overwrite, parents) for row in rows]
