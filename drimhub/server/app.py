@@ -9,6 +9,7 @@ from typing import Any
 import pydicom.config
 from flask import Flask
 from flask_cors import CORS
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from drimhub.server import audit, config, converters, db, errors, ops
 from drimhub.server.auth import policy
@@ -25,6 +26,11 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """
     app = Flask("drimhub", static_folder=None)
     config.load(app, test_config)
+    if app.config["PROXY_HOPS"]:
+        # behind a TLS-terminating proxy: the client's address, scheme and host (Authlib's https
+        # check, the base URL when BASE_URL is unset, the audit's network addresses)
+        hops = app.config["PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)  # type: ignore[method-assign]
     _configure_libraries()
     errors.init_app(app)
     converters.init_app(app)

@@ -40,6 +40,10 @@ DEFAULTS: dict[str, Any] = {
     # Audit events older than this many days are removed by `drimhub audit purge` (the only
     # deletion of the audit trail; CNIL recommends 6 to 12 months).
     "AUDIT_RETENTION_DAYS": 365,
+    # Reverse proxies in front of the node that set X-Forwarded-For/-Proto/-Host (werkzeug's
+    # ProxyFix trusts that many hops). 0: the headers are ignored. Behind one TLS-terminating
+    # proxy, 1: the client's address, https and the public host then reach the application.
+    "PROXY_HOPS": 0,
     # Apply migrations when the app starts (the CLI's serve does it before forking workers).
     "AUTO_MIGRATE": True,
 }
@@ -59,5 +63,8 @@ def load(app: Flask, overrides: Mapping[str, Any] | None) -> None:
         app.config["DATABASE_URL"] = f"sqlite:///{data_dir / 'drimhub.db'}"
     if not app.config["STORAGE_URL"]:
         app.config["STORAGE_URL"] = f"file://{data_dir / 'blobs'}"
+    hops = app.config["PROXY_HOPS"]
+    if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
+        raise DrimhubError(f"DRIMHUB_PROXY_HOPS must be a whole number of proxies (0 or more), not {hops!r}")
     if app.config["STOW_DUPLICATE_POLICY"] not in _POLICIES:
         raise DrimhubError(f"DRIMHUB_STOW_DUPLICATE_POLICY must be one of {', '.join(_POLICIES)}")

@@ -66,6 +66,12 @@ def server() -> AuthorizationServer:
     return srv
 
 
+@bp.errorhandler(OAuth2Error)
+def oauth2_error(error: OAuth2Error) -> Any:
+    """An Authlib error raised outside its own handling (e.g. ``insecure_transport``): RFC 6749 JSON."""
+    return server().handle_error_response(None, error)
+
+
 @bp.post("/oauth/token")
 @cross_origin()  # browser apps (public clients) call the token endpoint directly
 def token() -> Any:
