@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from drimhub.dicomweb import delete, qido, wado
 from drimhub.dicomweb.query import Level, parse_query
 from drimhub.dicomweb.stow import StoreService
-from drimhub.server import auditctx
+from drimhub.server import auditctx, urls
 from drimhub.server.auth.policy import current_access, current_principal
 from drimhub.server.db import get_session, resources
 from drimhub.server.ops import STOW_INSTANCES
@@ -29,9 +29,7 @@ DICOM_JSON = "application/dicom+json"
 
 def base_url() -> str:
     """Public URL of the DICOMweb root, without a trailing slash."""
-    configured = current_app.config.get("BASE_URL")
-    root = (configured or request.host_url).rstrip("/")
-    return f"{root}/dicom-web"
+    return f"{urls.base_url()}/dicom-web"
 
 
 def dicom_json(body: Any, status: int = 200) -> Response:

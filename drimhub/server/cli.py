@@ -217,7 +217,7 @@ def token(scope: str, org: str, sub: str | None, ttl: int, patient: str | None) 
     """
     from flask import Flask
 
-    from drimhub.server import config
+    from drimhub.server import config, urls
     from drimhub.server.auth import keys, tokens
     from drimhub.server.errors import DrimhubError
 
@@ -227,9 +227,9 @@ def token(scope: str, org: str, sub: str | None, ttl: int, patient: str | None) 
         key = keys.load_signing_key(app.config["SIGNING_KEY"], Path(app.config["DATA_DIR"]))
     except DrimhubError as exc:
         raise click.ClickException(exc.message) from exc
-    base = str(app.config["BASE_URL"] or DEFAULT_BASE_URL).rstrip("/")
+    base = urls.configured_base_url(app.config, DEFAULT_BASE_URL)
     claims = tokens.access_token_claims(
-        issuer=str(app.config["ISSUER"] or base), audience=base, subject=sub or "drimhub-cli",
+        issuer=urls.configured_issuer(app.config, base), audience=base, subject=sub or "drimhub-cli",
         client_id="drimhub-cli", scope=" ".join(scope.split()), org=org or "local", ttl=ttl, patient=patient)
     click.echo(tokens.sign(claims, key))
 

@@ -37,12 +37,13 @@ import requests
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2.rfc6749 import MissingAuthorizationError, OAuth2Error
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
-from flask import Flask, current_app, request
+from flask import Flask, current_app
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy import select
 
+from drimhub.server import urls
 from drimhub.server.auth.keys import ALGORITHM
 from drimhub.server.auth.principal import Principal
 from drimhub.server.auth.scopes import parse_scopes
@@ -69,23 +70,9 @@ class TokenRejected(Exception):
 
 # --- the node's identity ------------------------------------------------------------------
 
-def node_base_url() -> str:
-    """The node's public base URL without a trailing slash (``BASE_URL``, else from the request).
-
-    Production deployments set ``DRIMHUB_BASE_URL``: an audience derived from the request's Host
-    header is only as trustworthy as that header.
-    """
-    return str(current_app.config.get("BASE_URL") or request.host_url).rstrip("/")
-
-
-def node_issuer() -> str:
-    """The ``iss`` of this node's tokens (``ISSUER``, else the base URL)."""
-    return str(current_app.config.get("ISSUER") or node_base_url()).rstrip("/")
-
-
 def node_audiences() -> list[str]:
     """The ``aud`` values that name this node."""
-    base = node_base_url()
+    base = urls.base_url()
     return [base, f"{base}/fhir", f"{base}/dicom-web"]
 
 
@@ -227,7 +214,7 @@ class NodeTokenValidator(BearerTokenValidator):  # type: ignore[misc]
         if header.get("alg") not in ALGORITHMS or not isinstance(claims, dict):
             raise TokenRejected(f"signature algorithm {str(header.get('alg'))[:16]!r} is not accepted")
         issuer = claims.get("iss")
-        if issuer == node_issuer():
+        if issuer == urls.issuer():
             return self._own(token)
         trusted = self.trusted.get(issuer) if isinstance(issuer, str) else None
         if trusted is None:
@@ -243,11 +230,11 @@ class NodeTokenValidator(BearerTokenValidator):  # type: ignore[misc]
         verified = jwt.decode(token, resources().signing_key, algorithms=[ALGORITHM])
         if str(verified.header.get("typ", "")).lower() not in ("at+jwt", "application/at+jwt"):
             raise TokenRejected("not an access token (typ must be at+jwt)")
-        _claims_registry(node_issuer(), jti=True).validate(verified.claims)
+        _claims_registry(urls.issuer(), jti=True).validate(verified.claims)
         jti = str(verified.claims["jti"])
         if get_session().scalar(select(RevokedToken.pk).where(RevokedToken.jti == jti)) is not None:
             raise TokenRejected("the token was revoked")
-        return _to_principal(verified.claims, node_issuer(), token)
+        return _to_principal(verified.claims, urls.issuer(), token)
 
     def _opaque(self, token: str) -> Principal:
         introspecting = [t for t in self.trusted.values() if t.introspection_url]

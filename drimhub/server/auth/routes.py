@@ -18,7 +18,8 @@ from flask_cors import cross_origin
 from drimhub.server.auth import keys
 from drimhub.server.auth.assertion import ALGORITHMS
 from drimhub.server.auth.clients import AUTH_METHODS, PUBLIC
-from drimhub.server.auth.server import base_url, create_server, issuer
+from drimhub.server.auth.server import create_server
+from drimhub.server.urls import base_url, issuer
 from drimhub.server.auth.users import authenticate
 from drimhub.server.db import resources
 from drimhub.store.security import OAuthClient

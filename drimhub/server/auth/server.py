@@ -17,7 +17,7 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer
 from authlib.oauth2.rfc6749 import (AccessDeniedError, ClientMixin, InvalidRequestError, InvalidScopeError,
                                     grants)
 from authlib.oauth2.rfc7636 import CodeChallenge
-from flask import Flask, current_app, request
+from flask import Flask
 from sqlalchemy import delete, select, update
 
 from drimhub.server.auth import introspection, tokens
@@ -26,6 +26,7 @@ from drimhub.server.auth.clients import (AUTH_METHODS, PRIVATE_KEY_JWT, PUBLIC, 
                                          narrow_scope, verify_secret)
 from drimhub.server.auth.scopes import parse_scopes
 from drimhub.server.db import get_session, resources
+from drimhub.server.urls import base_url, issuer
 from drimhub.store.engine import write_session
 from drimhub.store.security import AuthorizationCode, OAuthClient, RefreshToken, User
 
@@ -36,17 +37,6 @@ CODE_TTL = 120
 REFRESH_TTL = {"offline_access": timedelta(days=30), "online_access": timedelta(hours=10)}
 #: Scope contexts each kind of grant may carry (patient/ needs a patient picker: not offered).
 SYSTEM, USER = ("system",), ("user",)
-
-
-def base_url() -> str:
-    """The node's public URL: ``BASE_URL``, else the request's host URL (no trailing slash)."""
-    return str(current_app.config.get("BASE_URL") or request.host_url).rstrip("/")
-
-
-def issuer() -> str:
-    """The ``iss`` of the node's tokens: ``ISSUER`` as configured (RFC 8414 §2 compares it
-    character for character), else the base URL."""
-    return str(current_app.config.get("ISSUER") or base_url())
 
 
 def token_url() -> str:
