@@ -7,12 +7,18 @@ tests run on PostgreSQL only.
 from __future__ import annotations
 
 import threading
+import time
+from pathlib import Path
 
 import pytest
 from flask import Flask
-from sqlalchemy import func, select
+from flask.testing import FlaskClient
+from sqlalchemy import func, select, text
 
 import dicomfactory as f
+from drimhub.dicomweb.ingest import parse_instance
+from drimhub.store.engine import write_session
+from drimhub.store.index import InstanceRow, Outcome, store_instances
 from drimhub.store.models import Instance, Series, Study
 
 pytestmark = pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
@@ -57,3 +63,44 @@ def test_stow_same_studies_in_opposite_orders_never_deadlocks(app: Flask, bearer
     assert _count(app, Study) == 6
     assert _count(app, Series) == 6
     assert _count(app, Instance) == 6 * threads_n * rounds
+
+
+def _lock_waiters(app: Flask) -> int:
+    with app.extensions["drimhub"].sessions() as s:
+        return int(s.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                 " AND datname = current_database()")))
+
+
+def test_delete_racing_stow_keeps_the_new_instance(app: Flask, client: FlaskClient, tmp_path: Path) -> None:
+    """A DELETE of a series' only instance, while a STOW inserts another one into it, spares the new one."""
+    study, series = f.new_uid(), f.new_uid()
+    old, new = f.ct(study, series), f.ct(study, series)
+    body, ctype = f.multipart([old.data])
+    assert client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype}).status_code == 200
+    (tmp_path / "new.dcm").write_bytes(new.data)
+    row = InstanceRow(parse_instance(tmp_path / "new.dcm"), blob_key="0" * 64, size=len(new.data), digest="0" * 64)
+    inserted, release = threading.Event(), threading.Event()
+
+    def stow() -> None:  # the STOW's indexing transaction, held open after its INSERT
+        with write_session(app.extensions["drimhub"].sessions) as session:
+            assert store_instances(session, [row], False, "org-a")[0].outcome is Outcome.STORED
+            inserted.set()
+            release.wait(30)
+
+    writer = threading.Thread(target=stow)
+    writer.start()
+    assert inserted.wait(30)
+    answers: list[int] = []
+    deleter = threading.Thread(target=lambda: answers.append(
+        client.delete(f"/dicom-web/studies/{study}/series/{series}/instances/{old.sop}").status_code))
+    deleter.start()
+    deadline = time.monotonic() + 30
+    while _lock_waiters(app) == 0 and time.monotonic() < deadline:  # the DELETE waits on the series row
+        time.sleep(0.05)
+    release.set()
+    writer.join(30)
+    deleter.join(30)
+    assert answers and answers[0] < 300, answers
+    with app.extensions["drimhub"].sessions() as s:
+        assert s.scalars(select(Instance.sop_uid)).all() == [new.sop]
+    assert _count(app, Series) == 1 and _count(app, Study) == 1

@@ -1,6 +1,8 @@
 """DELETE of a study, a series or an instance (not part of PS3.18; the dcm4chee/Orthanc usage).
 
-Rows go in one write transaction (a series or study left without children goes with them);
+Rows go in one write transaction (a series or study left without children goes with them,
+unless a concurrent STOW has just stored into it: the foreign keys do not cascade, so that
+store is never undone, see :func:`drimhub.store.retrieve.delete_instances`);
 blobs are deleted after the commit, so a crash in between leaves orphan blobs, which the sweep
 removes, never a row pointing at a missing blob.
 """

@@ -55,12 +55,17 @@ class Study(Base):
 
 
 class Series(Base):
-    """A series of one study."""
+    """A series of one study.
+
+    The foreign keys of series and instances do not cascade: a DELETE removes the children
+    explicitly, so that a parent is removed only when it has none left, never together with a
+    child a concurrent STOW has just inserted (migration 0003).
+    """
 
     __tablename__ = "series"
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk", ondelete="CASCADE"), index=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("study.pk"), index=True)
     series_uid: Mapped[str] = mapped_column(String(UID_LEN), unique=True)
     modality: Mapped[str | None] = mapped_column(String(16), index=True)
     series_number: Mapped[int | None] = mapped_column(Integer)
@@ -82,7 +87,7 @@ class Instance(Base):
     __table_args__ = (Index("ix_instance_series_number", "series_pk", "instance_number"),)
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
-    series_pk: Mapped[int] = mapped_column(ForeignKey("series.pk", ondelete="CASCADE"))
+    series_pk: Mapped[int] = mapped_column(ForeignKey("series.pk"))
     sop_uid: Mapped[str] = mapped_column(String(UID_LEN), unique=True)
     sop_class_uid: Mapped[str] = mapped_column(String(UID_LEN), index=True)
     instance_number: Mapped[int | None] = mapped_column(Integer)

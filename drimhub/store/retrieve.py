@@ -12,11 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, select
+import logging
+
+from sqlalchemy import Delete, Select, delete, exists, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from drimhub.store.access import Access
 from drimhub.store.models import Instance, Series, Study
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,9 @@ def delete_instances(session: Session, access: Access, study: str, series: str |
                      sop: str | None = None) -> list[str]:
     """Delete the visible instances in scope, then their series and study if left empty.
 
+    The foreign keys do not cascade (migration 0003): children are deleted here, explicitly,
+    and a parent only when it has no child left, even one a concurrent STOW is inserting.
+
     Runs in the caller's write transaction; the caller deletes the returned blobs once it has
     committed (a crash in between leaves orphan blobs for the sweep, never a dangling row).
 
@@ -139,9 +147,25 @@ def delete_instances(session: Session, access: Access, study: str, series: str |
     pks = [row.pk for row in found]
     for start in range(0, len(pks), 500):
         session.execute(delete(Instance).where(Instance.pk.in_(pks[start:start + 500])))
-    has_instances = exists().where(Instance.series_pk == Series.pk)
     study_pks = set(session.scalars(select(Series.study_pk).where(Series.pk.in_(series_pks))))
-    session.execute(delete(Series).where(Series.pk.in_(series_pks), ~has_instances))
+    has_instances = exists().where(Instance.series_pk == Series.pk)
+    for pk in sorted(series_pks):
+        _delete_if_empty(session, delete(Series).where(Series.pk == pk, ~has_instances))
     has_series = exists().where(Series.study_pk == Study.pk)
-    session.execute(delete(Study).where(Study.pk.in_(study_pks), ~has_series))
+    for pk in sorted(study_pks):
+        _delete_if_empty(session, delete(Study).where(Study.pk == pk, ~has_series))
     return [row.blob_key for row in found]
+
+
+def _delete_if_empty(session: Session, stmt: Delete) -> None:
+    """Run ``stmt`` (a series or study without children) in a SAVEPOINT; keep the row if it has children now.
+
+    The foreign keys do not cascade: when a concurrent STOW inserted a child the statement did
+    not see (PostgreSQL, READ COMMITTED), the database refuses the delete once that STOW
+    committed, and the parent stays with its new child.
+    """
+    try:
+        with session.begin_nested():
+            session.execute(stmt)
+    except IntegrityError:
+        log.info("kept a %s a concurrent store has just written into", stmt.table.name)
