@@ -205,3 +205,66 @@ def test_transient_index_failure_is_retried(client: FlaskClient, monkeypatch: py
     assert r.status_code == 503, r.json
     assert reasons(r.json) == [0x0110]
     assert len(calls) == 6
+
+
+def _tmp_files(app: Flask) -> list[Path]:
+    return list(app.extensions["drimhub"].blobs.tmp.iterdir())
+
+
+def test_error_while_parsing_a_part_leaves_no_temporary_file(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A part handed over by the multipart reader is discarded when an unexpected error escapes."""
+    from drimhub.dicomweb import stow
+
+    def boom(path: Path) -> None:
+        raise RuntimeError("parser exploded")
+
+    monkeypatch.setattr(stow, "parse_instance", boom)
+    res = app.extensions["drimhub"]
+    body, ctype = f.multipart([f.ct().data, f.ct().data])
+    with pytest.raises(RuntimeError):
+        stow.StoreService(res.sessions, res.blobs, org="org-a").store_request(io.BytesIO(body), ctype, None)
+    assert _tmp_files(app) == []
+
+
+def test_malformed_part_after_committed_batches_is_202(app: Flask, client: FlaskClient,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """PS3.18 Table 10.5.3-1: instances already stored are referenced (202), the malformed rest fails C000H."""
+    from drimhub.dicomweb import stow
+    monkeypatch.setattr(stow, "BATCH", 2)
+    items = [f.ct(rows=512, cols=512, seed=i) for i in range(4)]
+    body, ctype = f.multipart([i.data for i in items])
+    boundary = ctype.rsplit("=", 1)[1].encode()
+    body = body[:-len(boundary) - 6] + b"--" + boundary + b"\r\nno colon here\r\n\r\nxx\r\n--" + boundary + b"--\r\n"
+    r = client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
+    assert r.status_code == 202, r.json
+    stored = sops(r.json, REFERENCED)
+    assert len(stored) >= 2 and set(stored) <= {i.sop for i in items}
+    assert 0xC000 in reasons(r.json)
+    for item in items:
+        if item.sop in stored:
+            url = f"/dicom-web/studies/{item.study}/series/{item.series}/instances/{item.sop}"
+            assert client.get(url, headers={"Accept": "multipart/related; type=\"application/dicom\""}).status_code == 200
+    assert _tmp_files(app) == []
+
+
+def test_commit_applied_but_reported_failed_keeps_the_instance(client: FlaskClient,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A COMMIT that succeeded on the server but raised on the client: the row's blob is not deleted."""
+    from contextlib import contextmanager
+    from drimhub.dicomweb import stow
+    real = stow.write_session
+
+    @contextmanager
+    def lost_answer(factory):
+        with real(factory) as session:
+            yield session
+        raise ConnectionResetError("connection lost after COMMIT")
+
+    monkeypatch.setattr(stow, "write_session", lost_answer)
+    inst = f.ct()
+    r = post(client, [inst.data])
+    assert r.status_code == 200, r.json
+    assert sops(r.json, REFERENCED) == [inst.sop]
+    url = f"/dicom-web/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}"
+    got = client.get(url, headers={"Accept": "multipart/related; type=\"application/dicom\""})
+    assert got.status_code == 200 and inst.data in got.data

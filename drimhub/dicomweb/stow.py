@@ -30,7 +30,7 @@ from drimhub.server.errors import InvalidRequest, UnsupportedMediaType
 from drimhub.store.access import PatientRef
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import write_session
-from drimhub.store.index import (IndexEntry, InstanceRow, Outcome, StoreResult, known_instances,
+from drimhub.store.index import (IndexEntry, InstanceRow, Known, Outcome, StoreResult, known_instances,
                                  store_instances)
 from drimhub.store.models import DEFAULT_ORG
 
@@ -131,6 +131,24 @@ def is_transient(exc: OperationalError) -> bool:
     return "database is locked" in str(exc.orig)
 
 
+@dataclass
+class _Reading:
+    """The spooled parts of one request that are not committed yet (discarded on an error)."""
+
+    pending: list[_Pending] = field(default_factory=list)
+    #: The part the multipart reader has handed over and that is not in ``pending`` yet.
+    sink: SpooledBlob | None = None
+    parts: int = 0
+    #: Batches committed so far.
+    batches: int = 0
+
+    def discard(self) -> None:
+        for sink, _ in self.pending:
+            sink.discard()
+        if self.sink is not None:
+            self.sink.discard()
+
+
 class StoreService:
     """Stores instances into the blob store and the metadata store.
 
@@ -157,35 +175,56 @@ class StoreService:
         self.patient = patient
 
     def store_request(self, stream: IO[bytes], content_type: str | None, target_study: str | None) -> StowResult:
-        """Store every part of a STOW-RS body read from ``stream``."""
+        """Store every part of a STOW-RS body read from ``stream``.
+
+        A body found malformed after some batches were committed is not a bare 400: those
+        instances are durably stored, so the answer references them and adds a failure
+        C000H for the rest (PS3.18 Table 10.5.3-1: 202 when some instances were stored).
+
+        Raises
+        ------
+        InvalidRequest
+            The body is malformed (or holds no part) and nothing of it was committed.
+        """
         boundary = check_content_type(content_type)
         result = StowResult()
-        pending: list[_Pending] = []
-        parts = 0
+        state = _Reading()
         try:
-            for headers, sink in multipart.read_parts(stream, boundary, self.blobs.spool):
-                parts += 1
-                assert isinstance(sink, SpooledBlob)
-                part_type, _ = multipart.media_type(headers.get("content-type") or DICOM)
-                if part_type != DICOM:
-                    sink.discard()
-                    result.failed.append((None, None, FailureReason.CANNOT_UNDERSTAND))
-                    result.unreadable += 1
-                    continue
-                item = self._prepare(sink, target_study, result)
-                if item is not None:
-                    pending.append(item)
-                if len(pending) >= BATCH:
-                    self._commit(pending, result)
-                    pending = []
+            try:
+                self._read(stream, boundary, target_study, result, state)
+            except InvalidRequest:
+                if not state.batches:
+                    raise
+                log.warning("malformed multipart body after %d committed batch(es)", state.batches, exc_info=True)
+                result.failed.append((None, None, FailureReason.CANNOT_UNDERSTAND))
+                result.unreadable += 1
+            if state.parts == 0:
+                raise InvalidRequest("the multipart body holds no part")
+            self._commit(state.pending, result)
         except BaseException:
-            for sink, _ in pending:
-                sink.discard()
+            state.discard()
             raise
-        if parts == 0:
-            raise InvalidRequest("the multipart body holds no part")
-        self._commit(pending, result)
         return result
+
+    def _read(self, stream: IO[bytes], boundary: str, target_study: str | None, result: StowResult,
+              state: _Reading) -> None:
+        """Spool and parse each part, committing every :data:`BATCH` instances."""
+        for headers, sink in multipart.read_parts(stream, boundary, self.blobs.spool):
+            state.parts += 1
+            state.sink = sink  # ours from now on: discarded if anything escapes before it is pending
+            assert isinstance(sink, SpooledBlob)
+            part_type, _ = multipart.media_type(headers.get("content-type") or DICOM)
+            if part_type != DICOM:
+                sink.discard()
+                result.failed.append((None, None, FailureReason.CANNOT_UNDERSTAND))
+                result.unreadable += 1
+            elif (item := self._prepare(sink, target_study, result)) is not None:
+                state.pending.append(item)
+            state.sink = None
+            if len(state.pending) >= BATCH:
+                self._commit(state.pending, result)
+                state.pending = []
+                state.batches += 1
 
     def store_one(self, sink: SpooledBlob, result: StowResult) -> Outcome | None:
         """Store one spooled instance (the import command); None when it failed."""
@@ -235,14 +274,39 @@ class StoreService:
             stored = self._index([row for _, row in placed])
         except Exception:
             log.exception("indexing %d instances failed", len(placed))
-            for parsed, row in placed:
-                self.blobs.delete(row.blob_key)
-                result.failed.append((parsed.sop_class_uid, parsed.sop_uid, FailureReason.PROCESSING_FAILURE))
-            return outcomes + [None] * len(placed)
+            return outcomes + self._after_failed_index(placed, result)
         for (parsed, _), done in zip(placed, stored):
             if done.obsolete_blob:
                 self.blobs.delete(done.obsolete_blob)
             outcomes.append(self._record(parsed, done.outcome, result))
+        return outcomes
+
+    def _after_failed_index(self, placed: list[tuple[IndexEntry, InstanceRow]],
+                            result: StowResult) -> list[Outcome | None]:
+        """Outcomes of rows whose indexing transaction raised: its COMMIT may still have been applied.
+
+        A COMMIT whose answer was lost (a dropped connection) may have succeeded on the server:
+        a row that points at its blob is stored. The blobs of the others are deleted; when not
+        even that can be checked, they are left to the sweep, so that no row ever points at a
+        deleted blob.
+        """
+        try:
+            with self.sessions() as session:
+                known: dict[str, Known] | None = known_instances(session, [parsed.sop_uid for parsed, _ in placed])
+        except Exception:
+            log.exception("cannot tell whether %d instances were indexed: their blobs stay for the sweep",
+                          len(placed))
+            known = None
+        outcomes: list[Outcome | None] = []
+        for parsed, row in placed:
+            seen = known.get(parsed.sop_uid) if known is not None else None
+            if seen is not None and seen.blob_key == row.blob_key:
+                outcomes.append(self._record(parsed, Outcome.STORED, result))
+                continue
+            if known is not None:
+                self.blobs.delete(row.blob_key)
+            result.failed.append((parsed.sop_class_uid, parsed.sop_uid, FailureReason.PROCESSING_FAILURE))
+            outcomes.append(None)
         return outcomes
 
     def _index(self, rows: list[InstanceRow]) -> list[StoreResult]:
