@@ -93,10 +93,13 @@ def idp() -> Iterator[tuple[IdentityProvider, str]]:
 
 
 @pytest.fixture
-def app_config(idp: tuple[IdentityProvider, str]) -> dict[str, Any]:
+def app_config(idp: tuple[IdentityProvider, str], request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Both issuers; parametrized indirectly with ``"mapped"``, each with an organisation mapping."""
     _, url = idp
-    return {"TRUSTED_ISSUERS": f"{KC_ISSUER}={url}/jwks, {PSC_ISSUER}=introspect:http://drimhub:s3cret@"
-                               f"{url.removeprefix('http://')}/introspect"}
+    kc, psc = f"{KC_ISSUER}={url}/jwks", f"{PSC_ISSUER}=introspect:http://drimhub:s3cret@{url.removeprefix('http://')}/introspect"
+    if getattr(request, "param", None) == "mapped":
+        kc, psc = f"{kc};org-claim=structure_id", f"{psc};org=chu-brest"
+    return {"TRUSTED_ISSUERS": f"{kc}, {psc}"}
 
 
 def _kc_token(key: ECKey, **claims: Any) -> str:
@@ -117,6 +120,29 @@ def test_parse_trusted_issuers() -> None:
     assert parsed["https://b"] == TrustedIssuer("https://b", introspection_url="https://b:8443/i", credentials=("id", "pw"))
     with pytest.raises(ValueError):
         parse_trusted_issuers("no-equals-sign")
+
+
+def test_parse_trusted_issuers_org_mapping() -> None:
+    parsed = parse_trusted_issuers("https://psc/auth=introspect:https://id:pw@psc/i;org=chu-brest,"
+                                   "https://kc/realm=https://kc/certs;org-claim=structure_id")
+    assert parsed["https://psc/auth"] == TrustedIssuer("https://psc/auth", introspection_url="https://psc/i",
+                                                       credentials=("id", "pw"), org="chu-brest")
+    assert parsed["https://kc/realm"] == TrustedIssuer("https://kc/realm", jwks_url="https://kc/certs",
+                                                       org_claim="structure_id")
+    assert parse_trusted_issuers("https://a=https://a/certs")["https://a"].org_claim == "org"
+    for bad in ("https://a=https://a/c;org=", "https://a=https://a/c;orga=x", "https://a=https://a/c;org=x;org-claim=y",
+                "https://a=;org=x"):
+        with pytest.raises(ValueError):
+            parse_trusted_issuers(bad)
+
+
+def test_bad_trusted_issuers_stop_the_app(tmp_path, signing_key_pem: str) -> None:
+    from drimhub.server.app import create_app
+    from drimhub.server.errors import DrimhubError
+
+    with pytest.raises(DrimhubError, match="org-claim"):
+        create_app({"DATA_DIR": str(tmp_path), "SIGNING_KEY": signing_key_pem,
+                    "TRUSTED_ISSUERS": "https://a=https://a/c;colour=blue"})
 
 
 def test_jwks_issuer_accepted_and_cached(anon: FlaskClient, idp, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +219,45 @@ def test_jwt_of_an_introspection_issuer_is_introspected(anon: FlaskClient, idp) 
                            "org": "org-a", "aud": BASE_URL}
     assert _get(anon, token) == 200
     assert [t for t, _ in state.introspections] == [token, token]
+
+
+# --- organisation mapping: ;org=ORG and ;org-claim=CLAIM ------------------------------------
+
+def _store_study(client: FlaskClient, mint: Any, org: str) -> str:
+    import dicomfactory as f
+
+    instance = f.ct()
+    body, ctype = f.multipart([instance.data])
+    r = client.post("/dicom-web/studies", data=body,
+                    headers={"Content-Type": ctype, "Authorization": f"Bearer {mint(org=org)}"})
+    assert r.status_code == 200, r.json
+    return str(instance.study)
+
+
+def _found(anon: FlaskClient, token: str) -> list[str]:
+    r = anon.get(QIDO, headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code in (200, 204), r.get_data(as_text=True)
+    return [s["0020000D"]["Value"][0] for s in (r.json or [])] if r.status_code == 200 else []
+
+
+@pytest.mark.parametrize("app_config", ["mapped"], indirect=True)
+def test_introspection_issuer_with_a_fixed_organisation(anon: FlaskClient, idp, mint) -> None:
+    brest = _store_study(anon, mint, "chu-brest")
+    _store_study(anon, mint, "org-a")
+    state, _ = idp
+    psc = {"active": True, "sub": "899700000001", "exp": int(time.time()) + 120, "scope": "user/ImagingStudy.rs"}
+    state.active["psc-no-org"] = psc  # Pro Santé Connect: no org claim
+    state.active["psc-other-org"] = {**psc, "org": "org-a"}
+    assert _found(anon, "psc-no-org") == [brest]
+    r = anon.get(QIDO, headers={"Authorization": "Bearer psc-other-org"})
+    assert r.status_code == 401 and "chu-brest" in r.headers["WWW-Authenticate"]
+
+
+@pytest.mark.parametrize("app_config", ["mapped"], indirect=True)
+def test_jwks_issuer_with_an_organisation_claim(anon: FlaskClient, idp, mint) -> None:
+    brest = _store_study(anon, mint, "chu-brest")
+    state, _ = idp
+    key = state.keys[0]
+    assert _found(anon, _kc_token(key, org=None, structure_id="chu-brest")) == [brest]
+    r = anon.get(QIDO, headers={"Authorization": f"Bearer {_kc_token(key, org='chu-brest')}"})
+    assert r.status_code == 401 and "structure_id" in r.headers["WWW-Authenticate"]  # only structure_id is read

@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
     "SIGNING_KEY": None,             # PEM or path; generated in DATA_DIR on first start
     # Extra token issuers accepted, "ISSUER=JWKS_URL" pairs separated by spaces or commas;
     # "ISSUER=introspect:URL" for issuers whose tokens are validated by RFC 7662 introspection.
+    # Either may end with ";org=ORG" (the issuer's tokens all act for ORG) or ";org-claim=CLAIM"
+    # (their organisation is in claim CLAIM, not "org"). See drimhub.server.auth.protect.
     "TRUSTED_ISSUERS": "",
     # What STOW does with a known SOP Instance UID whose bytes differ: "reject" keeps the stored
     # instance and reports failure 0x0111 (Duplicate SOP Instance); "overwrite" replaces it.

@@ -17,8 +17,12 @@ validator, :class:`NodeTokenValidator`, which accepts:
   seconds. A JWT goes to the issuer its ``iss`` names; an opaque token only when exactly one
   introspection issuer is configured.
 
+An item may end with ``;org=ORG`` (every token of that issuer acts for organisation ORG; one
+naming another organisation is refused) or ``;org-claim=CLAIM`` (the organisation is in claim
+CLAIM rather than ``org``): Pro Santé Connect tokens, for one, carry no ``org``.
+
 Never accepted: ``alg: none`` and HMAC algorithms (:data:`ALGORITHMS`), a token without an
-``org`` claim (every token acts for an organisation: map one in an external IdP). An issuer that
+organisation (every token acts for one: an ``org`` claim, or an issuer's mapping). An issuer that
 cannot be reached is a 502, not a 401: the client's token may well be valid.
 """
 
@@ -48,7 +52,7 @@ from drimhub.server.auth.keys import ALGORITHM
 from drimhub.server.auth.principal import Principal
 from drimhub.server.auth.scopes import parse_scopes
 from drimhub.server.db import get_session, resources
-from drimhub.server.errors import PeerUnavailable, Unauthorized
+from drimhub.server.errors import DrimhubError, PeerUnavailable, Unauthorized
 from drimhub.store.security import RevokedToken
 
 REALM = "drimhub"
@@ -80,29 +84,63 @@ def node_audiences() -> list[str]:
 
 @dataclass(frozen=True)
 class TrustedIssuer:
-    """An external issuer whose tokens this node accepts: by JWKS, or by introspection."""
+    """An external issuer whose tokens this node accepts: by JWKS, or by introspection.
+
+    ``org`` pins the organisation every token of the issuer acts for (a hospital's own IdP whose
+    tokens carry none); ``org_claim`` names the claim that holds it instead of ``org``.
+    """
 
     issuer: str
     jwks_url: str | None = None
     introspection_url: str | None = None
     credentials: tuple[str, str] | None = None
+    org: str | None = None
+    org_claim: str = "org"
+
+
+#: Options after ``;`` in a ``TRUSTED_ISSUERS`` item, and the :class:`TrustedIssuer` field each sets.
+_ISSUER_OPTIONS = {"org": "org", "org-claim": "org_claim"}
+_SYNTAX = "ISSUER=JWKS_URL or ISSUER=introspect:URL, optionally followed by ;org=ORG or ;org-claim=CLAIM"
 
 
 def parse_trusted_issuers(value: str) -> dict[str, TrustedIssuer]:
-    """``TRUSTED_ISSUERS``: ``ISSUER=JWKS_URL`` or ``ISSUER=introspect:URL`` items, space or comma separated."""
+    """Parse ``TRUSTED_ISSUERS``: items separated by spaces or commas, each
+    ``ISSUER=JWKS_URL`` or ``ISSUER=introspect:URL``, optionally followed by ``;org=ORG`` (every
+    token of the issuer acts for ORG) or ``;org-claim=CLAIM`` (the organisation is in claim CLAIM).
+
+    Raises
+    ------
+    ValueError
+        An item does not follow that syntax.
+    """
     trusted: dict[str, TrustedIssuer] = {}
     for item in re.split(r"[\s,]+", value.strip()):
-        issuer, sep, target = item.partition("=")
         if not item:
             continue
+        issuer, sep, rest = item.partition("=")
+        target, *options = rest.split(";")
         if not sep or not issuer or not target:
-            raise ValueError(f"DRIMHUB_TRUSTED_ISSUERS: {item!r} is not ISSUER=JWKS_URL or ISSUER=introspect:URL")
+            raise ValueError(f"DRIMHUB_TRUSTED_ISSUERS: {item!r} is not {_SYNTAX}")
+        extra = _issuer_options(item, options)
         if target.startswith("introspect:"):
             url, credentials = _split_credentials(target.removeprefix("introspect:"))
-            trusted[issuer] = TrustedIssuer(issuer, introspection_url=url, credentials=credentials)
+            trusted[issuer] = TrustedIssuer(issuer, introspection_url=url, credentials=credentials, **extra)
         else:
-            trusted[issuer] = TrustedIssuer(issuer, jwks_url=target)
+            trusted[issuer] = TrustedIssuer(issuer, jwks_url=target, **extra)
     return trusted
+
+
+def _issuer_options(item: str, options: list[str]) -> dict[str, str]:
+    """The :class:`TrustedIssuer` fields set by the ``;name=value`` options of ``item``."""
+    fields: dict[str, str] = {}
+    for option in options:
+        name, _, setting = option.partition("=")
+        if name not in _ISSUER_OPTIONS or not setting:
+            raise ValueError(f"DRIMHUB_TRUSTED_ISSUERS: {item!r}: {option!r} is not org=ORG nor org-claim=CLAIM")
+        fields[_ISSUER_OPTIONS[name]] = setting
+    if len(fields) > 1:
+        raise ValueError(f"DRIMHUB_TRUSTED_ISSUERS: {item!r}: org and org-claim exclude each other")
+    return fields
 
 
 def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
@@ -224,7 +262,7 @@ class NodeTokenValidator(BearerTokenValidator):  # type: ignore[misc]
         keys = self.jwks.key_set(str(trusted.jwks_url), header.get("kid"))
         verified = jwt.decode(token, keys, algorithms=list(ALGORITHMS))
         _claims_registry(trusted.issuer).validate(verified.claims)
-        return _to_principal(verified.claims, trusted.issuer, token)
+        return _to_principal(verified.claims, trusted.issuer, token, trusted)
 
     def _own(self, token: str) -> Principal:
         verified = jwt.decode(token, resources().signing_key, algorithms=[ALGORITHM])
@@ -251,7 +289,7 @@ class NodeTokenValidator(BearerTokenValidator):  # type: ignore[misc]
         if "aud" in answer:
             options["aud"] = {"essential": True, "values": node_audiences()}
         jwt.JWTClaimsRegistry(leeway=LEEWAY, **options).validate(claims)  # type: ignore[arg-type]
-        return _to_principal(claims, trusted.issuer, token)
+        return _to_principal(claims, trusted.issuer, token, trusted)
 
 
 def _claims_registry(issuer: str, jti: bool = False) -> jwt.JWTClaimsRegistry:
@@ -260,11 +298,22 @@ def _claims_registry(issuer: str, jti: bool = False) -> jwt.JWTClaimsRegistry:
         exp={"essential": True}, sub={"essential": True}, jti={"essential": jti})
 
 
-def _to_principal(claims: dict[str, Any], issuer: str, token: str) -> Principal:
-    """The caller a validated token describes."""
-    org = claims.get("org")
-    if not isinstance(org, str) or not org:
-        raise TokenRejected("the token names no organisation (claim org)")
+def _organisation(claims: dict[str, Any], trusted: TrustedIssuer | None) -> str:
+    """The organisation a validated token acts for: its ``org`` claim, or as ``trusted`` maps it."""
+    claim = trusted.org_claim if trusted else "org"
+    named = claims.get(claim)
+    if trusted is not None and trusted.org is not None:
+        if named not in (None, trusted.org):
+            raise TokenRejected(f"the token names another organisation than {trusted.org!r}, its issuer's")
+        return trusted.org
+    if not isinstance(named, str) or not named:
+        raise TokenRejected(f"the token names no organisation (claim {claim})")
+    return named
+
+
+def _to_principal(claims: dict[str, Any], issuer: str, token: str, trusted: TrustedIssuer | None = None) -> Principal:
+    """The caller a validated token describes (``trusted``: the external issuer that vouched for it)."""
+    org = _organisation(claims, trusted)
     scope = claims.get("scope", claims.get("scp", ""))
     if isinstance(scope, list):
         scope = " ".join(str(s) for s in scope)
@@ -328,6 +377,10 @@ def authenticate() -> Principal:
 
 def init_app(app: Flask) -> None:
     """Build the app's resource protector from ``TRUSTED_ISSUERS``."""
+    try:
+        trusted = parse_trusted_issuers(app.config["TRUSTED_ISSUERS"] or "")
+    except ValueError as exc:
+        raise DrimhubError(str(exc)) from exc
     protector = ResourceProtector()
-    protector.register_token_validator(NodeTokenValidator(parse_trusted_issuers(app.config["TRUSTED_ISSUERS"] or "")))
+    protector.register_token_validator(NodeTokenValidator(trusted))
     app.extensions[_EXT] = protector
