@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 import dicomfactory as f
 from drimhub.server.cli import is_loopback, main
 from drimhub.store.engine import make_engine, make_sessionmaker
-from drimhub.store.models import Instance
+from drimhub.store.models import Instance, Study
 
 
 @pytest.fixture
@@ -81,6 +81,29 @@ def test_import_goes_on_past_a_corrupt_zip_member(env: dict[str, str], fresh_db_
     assert "2 stored, 0 already present, 1 failed" in r.output
     assert "d.zip:b.dcm: cannot read" in r.output
     assert not any((tmp_path / "var" / "blobs" / "tmp").iterdir())
+
+
+def _study_orgs(db_url: str) -> dict[str, str]:
+    engine = make_engine(db_url)
+    with make_sessionmaker(engine)() as s:
+        orgs = {uid: org for uid, org in s.execute(select(Study.study_uid, Study.org))}
+    engine.dispose()
+    return orgs
+
+
+def test_import_as_an_organisation(env: dict[str, str], fresh_db_url: str, tmp_path: Path) -> None:
+    study, other = f.new_uid(), f.new_uid()
+    (tmp_path / "a.dcm").write_bytes(f.ct(study).data)
+    (tmp_path / "b.dcm").write_bytes(f.ct(other).data)
+    (tmp_path / "a2.dcm").write_bytes(f.ct(study).data)
+    runner = CliRunner()
+    assert runner.invoke(main, ["import", "--org", "chu-a", str(tmp_path / "a.dcm")], env=env).exit_code == 0
+    assert runner.invoke(main, ["import", str(tmp_path / "b.dcm")], env=env).exit_code == 0
+    assert _study_orgs(fresh_db_url) == {study: "chu-a", other: "local"}
+    r = runner.invoke(main, ["import", "--org", "chu-b", str(tmp_path / "a2.dcm")], env=env)
+    assert r.exit_code == 1 and "0 stored, 0 already present, 1 failed" in r.output  # chu-a's study
+    bad = runner.invoke(main, ["import", "--org", "", str(tmp_path / "a2.dcm")], env=env)
+    assert bad.exit_code == 2 and "organisation" in bad.output
 
 
 # --- serve: refusal to expose a misconfigured node ------------------------------------------

@@ -172,8 +172,14 @@ def audit_purge(days: int | None) -> None:
 
 @main.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def import_(paths: tuple[Path, ...]) -> None:
-    """Ingest DICOM files, folders and zip archives."""
+@click.option("--org", default="local", show_default=True, callback=lambda _c, _p, v: _check_org(v),
+              help="Organisation that owns the studies created (as the org claim of a STOW token).")
+def import_(paths: tuple[Path, ...], org: str) -> None:
+    """Ingest DICOM files, folders and zip archives, as organisation ``--org``.
+
+    Like a STOW of that organisation: new studies belong to it, and an instance of a study that
+    another organisation owns is refused.
+    """
     from tqdm import tqdm
 
     from drimhub.dicomweb.importer import ImportSummary, collect, import_one
@@ -181,7 +187,8 @@ def import_(paths: tuple[Path, ...]) -> None:
 
     app = _app()
     res = app.extensions["drimhub"]
-    service = StoreService(res.sessions, res.blobs, overwrite=app.config["STOW_DUPLICATE_POLICY"] == "overwrite")
+    service = StoreService(res.sessions, res.blobs, overwrite=app.config["STOW_DUPLICATE_POLICY"] == "overwrite",
+                           org=org)
     sources = collect(list(paths))
     summary = ImportSummary()
     archives: dict[Path, zipfile.ZipFile] = {}
@@ -196,6 +203,17 @@ def import_(paths: tuple[Path, ...]) -> None:
         click.echo(f"  failed: {name}: {reason}")
     if summary.failed:
         sys.exit(1)
+
+
+#: Longest organisation identifier (the study's ``org`` column).
+MAX_ORG = 64
+
+
+def _check_org(org: str) -> str:
+    """``org`` if it is an acceptable organisation identifier, else a usage error."""
+    if not org or len(org) > MAX_ORG or not org.isprintable() or org != org.strip():
+        raise click.BadParameter(f"an organisation is 1 to {MAX_ORG} printable characters, without surrounding spaces")
+    return org
 
 
 # --- OAuth2: tokens, clients, users ---------------------------------------------------------
