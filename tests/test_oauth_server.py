@@ -153,7 +153,21 @@ def test_oauth_errors_keep_the_rfc6749_form(client: FlaskClient) -> None:
     assert response.status_code == 400 and h.error_of(response) == "unsupported_grant_type"
     assert response.mimetype == "application/json"
     wrong_method = client.get("/oauth/token")
-    assert wrong_method.status_code == 405 and "error" in wrong_method.get_json()
+    assert wrong_method.status_code == 405 and h.error_of(wrong_method) == "invalid_request"
+    assert "POST" in wrong_method.headers["Allow"]
+
+
+def test_framework_errors_under_oauth_use_rfc6749_codes(app: Flask, anon: FlaskClient) -> None:
+    @app.post("/oauth/boom")
+    def boom() -> None:
+        raise RuntimeError("detail for the log only")
+
+    missing = anon.get("/oauth/nothing-here")
+    assert missing.status_code == 404 and h.error_of(missing) == "invalid_request"
+    assert anon.post("/.well-known/oauth-authorization-server").json["error"] == "invalid_request"  # 405
+    failed = anon.post("/oauth/boom")
+    assert failed.status_code == 500 and failed.json == {"error": "server_error", "error_description": "internal server error"}
+    assert anon.get("/fhir/nothing-here").json["resourceType"] == "OperationOutcome"  # other spaces unchanged
 
 
 # --- discovery ------------------------------------------------------------------------------

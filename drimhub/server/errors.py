@@ -2,7 +2,8 @@
 
 Every error a service raises is a :class:`DrimhubError`; the app-level handler picks the
 protocol's own error form from the URL space of the request (DICOMweb JSON status, FHIR
-OperationOutcome, RFC 6749 JSON). A 500 shows generic text; the detail goes to the log only.
+OperationOutcome, RFC 6749 JSON with RFC 6749 codes under ``/oauth/``). A 500 shows generic
+text; the detail goes to the log only.
 
 ::
 
@@ -145,18 +146,31 @@ def _plain_body(status: int, message: str, code: str) -> Response:
                     mimetype="application/json")
 
 
+def oauth_error_code(status: int) -> str:
+    """The RFC 6749 §5.2 ``error`` closest to an HTTP status (OAuth2 has no not-found code)."""
+    if status in (502, 503, 504):
+        return "temporarily_unavailable"
+    if status >= 500:
+        return "server_error"
+    return "invalid_client" if status == 401 else "invalid_request"
+
+
 def render_error(status: int, message: str, issue_code: str = "exception",
                  headers: dict[str, str] | None = None, oauth_error: str | None = None) -> Response:
     """Render an error in the form of the URL space the request was for.
 
     ``oauth_error`` replaces ``issue_code`` as the ``error`` of the RFC 6749 JSON form (for the
-    RFC 6750 codes ``invalid_token`` and ``insufficient_scope``).
+    RFC 6750 codes ``invalid_token`` and ``insufficient_scope``). Under ``/oauth/`` and
+    ``/.well-known/`` (the authorization server and its discovery documents) the ``error`` is
+    always an RFC 6749 code, never a FHIR issue code.
     """
     path = request.path
     if path.startswith(("/dicom-web", "/federated/dicom-web", "/wado")):
         response = _dicomweb_body(status, message)
     elif path.startswith("/fhir"):
         response = _fhir_body(status, message, issue_code)
+    elif path.startswith(("/oauth/", "/.well-known/")):
+        response = _plain_body(status, message, oauth_error or oauth_error_code(status))
     else:
         response = _plain_body(status, message, oauth_error or issue_code)
     for name, value in (headers or {}).items():
