@@ -366,3 +366,51 @@ def test_unsupported_method_is_405_with_allow(client: FlaskClient) -> None:
     assert r.status_code == 405
     assert r.mimetype == "application/dicom+json"
     assert "POST" in r.headers["Allow"] and "GET" in r.headers["Allow"]
+
+
+# --- blobs deleted while an answer streams -------------------------------------------------
+
+@pytest.mark.parametrize("accept, level", [(ANY_SYNTAX, "study"), (DEFAULT_DICOM, "study"),
+                                           ("application/dicom; transfer-syntax=*", "instance")])
+def test_delete_while_streaming_the_answer_completes_it(client: FlaskClient, stored: Stored, tmp_path: Path,
+                                                        accept: str, level: str) -> None:
+    """A DELETE between building a WADO-RS answer and sending its body does not break the stream."""
+    url = stored.url(stored.ct1) if level == "instance" else stored.url()
+    r = client.get(url, headers={"Accept": accept}, buffered=False)
+    assert r.status_code == 200
+    assert client.delete(stored.url()).status_code == 204
+    assert blob_count(tmp_path) == 0
+    body = b"".join(r.response)
+    r.close()
+    if level == "instance":
+        assert body == stored.ct1.data
+    else:
+        r.set_data(body)
+        assert len(parts(r)) == len(stored.in_order)
+
+
+def test_frames_and_bulkdata_survive_a_delete(client: FlaskClient, stored: Stored) -> None:
+    frames = client.get(stored.url(stored.rle) + "/frames/1,3", headers={"Accept": RLE_MEDIA}, buffered=False)
+    bulk = client.get(stored.url(stored.multi) + "/bulkdata/7FE00010", headers={"Accept": OCTET}, buffered=False)
+    assert client.delete(stored.url()).status_code == 204
+    for r in (frames, bulk):
+        r.set_data(b"".join(r.response))
+    assert len(parts(frames)) == 2
+    assert parts(bulk)[0][1] == stored.multi.pixels
+
+
+def test_instance_deleted_before_its_file_is_opened_is_404(client: FlaskClient, stored: Stored,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The file is opened before the headers: a blob gone by then is a clean 404, not a broken 200."""
+    from drimhub.dicomweb import wado
+    real = wado.fr.BlobFiles
+
+    def vanish(blobs, keys):
+        keys = list(keys)
+        for key in keys:
+            blobs.delete(key)
+        return real(blobs, keys)
+
+    monkeypatch.setattr(wado.fr, "BlobFiles", vanish)
+    r = client.get(stored.url(stored.ct1), headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert r.status_code == 404

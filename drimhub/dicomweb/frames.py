@@ -5,12 +5,17 @@ Native pixel data is cut out of the blob by offset: frame *n* starts at
 padding). Encapsulated frames are extracted as stored with :func:`pydicom.encaps.get_frame`
 (PS3.5 §A.4), or decoded by pydicom when the client accepts only native bytes. Nothing here
 loads more than one frame (or one non-pixel element) into memory.
+
+Every reader here takes a :class:`BlobFiles`: the files of an answer are opened before it is
+returned, so that a concurrent DELETE or overwrite, which unlinks a blob, cannot make an answer
+fail after its headers were sent (an open file keeps its data until it is closed, POSIX
+``unlink``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
@@ -23,9 +28,79 @@ from drimhub.store.blobs import FileBlobStore
 from drimhub.store.retrieve import StoredInstance
 
 PIXEL_DATA = "7FE00010"
+#: Answers of up to this many blobs have all their files opened before they are returned;
+#: larger ones open each file when the stream reaches it (file descriptors are finite).
+OPEN_AHEAD = 1000
 #: VRs whose values are bulk data a client may ask for by tag (PS3.18 §10.4.1.1.5, PS3.5 §6.2).
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _CHUNK = 1 << 20
+
+
+class BlobFiles:
+    """The open files of the blobs one answer reads.
+
+    Parameters
+    ----------
+    blobs : FileBlobStore
+        Where the blobs are.
+    keys : iterable of str
+        The blobs of the answer: all opened now when there are at most :data:`OPEN_AHEAD`.
+
+    Raises
+    ------
+    NotFound
+        A blob opened now is gone (its instance was deleted or replaced since it was queried).
+    """
+
+    def __init__(self, blobs: FileBlobStore, keys: Iterable[str]) -> None:
+        self.blobs = blobs
+        self.files: dict[str, BinaryIO] = {}
+        wanted = list(dict.fromkeys(keys))
+        if len(wanted) <= OPEN_AHEAD:
+            try:
+                for key in wanted:
+                    self.files[key] = self._open(key)
+            except NotFound:
+                self.close()
+                raise
+
+    def _open(self, key: str) -> BinaryIO:
+        try:
+            return self.blobs.open(key)
+        except FileNotFoundError:
+            raise NotFound("the instance was deleted or replaced meanwhile") from None
+
+    def file(self, key: str) -> BinaryIO:
+        """The open file of ``key``, at its start (opened now when it was not yet)."""
+        if key not in self.files:
+            self.files[key] = self._open(key)
+        fp = self.files[key]
+        fp.seek(0)
+        return fp
+
+    def iter_range(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Yield the bytes of a blob (or of one range of it) in chunks."""
+        fp = self.file(key)
+        fp.seek(offset)
+        left = length
+        while left is None or left > 0:
+            chunk = fp.read(_CHUNK if left is None else min(_CHUNK, left))
+            if not chunk:
+                break
+            if left is not None:
+                left -= len(chunk)
+            yield chunk
+
+    def release(self, key: str) -> None:
+        """Close the file of ``key`` (the stream is past it)."""
+        fp = self.files.pop(key, None)
+        if fp is not None:
+            fp.close()
+
+    def close(self) -> None:
+        """Close every file (the response is closed: finished or abandoned)."""
+        for key in list(self.files):
+            self.release(key)
 
 
 def check_frames(inst: StoredInstance, frames: list[int]) -> None:
@@ -69,7 +144,7 @@ def frame_length(inst: StoredInstance, number: int, selection: Selection) -> int
     return found[1] if found else None
 
 
-def frame_chunks(blobs: FileBlobStore, inst: StoredInstance, number: int, selection: Selection) -> Iterator[bytes]:
+def frame_chunks(blobs: BlobFiles, inst: StoredInstance, number: int, selection: Selection) -> Iterator[bytes]:
     """Yield the bytes of frame ``number`` (1-based) in the representation ``selection``.
 
     A generator: nothing is read before the first ``next()``.
@@ -83,23 +158,23 @@ def frame_chunks(blobs: FileBlobStore, inst: StoredInstance, number: int, select
         yield encapsulated_frame(blobs, inst, number)
 
 
-def encapsulated_frame(blobs: FileBlobStore, inst: StoredInstance, number: int) -> bytes:
+def encapsulated_frame(blobs: BlobFiles, inst: StoredInstance, number: int) -> bytes:
     """The compressed bytes of frame ``number``, fragments joined, as stored (PS3.5 §A.4)."""
+    fp = blobs.file(inst.blob_key)
     if inst.pixel_offset is None:
-        ds = dcmread(blobs.path(inst.blob_key))
+        ds = dcmread(fp)
         return get_frame(ds.PixelData, number - 1, number_of_frames=inst.number_of_frames)
-    with blobs.open(inst.blob_key) as fp:
-        fp.seek(inst.pixel_offset)
-        return get_frame(fp, number - 1, number_of_frames=inst.number_of_frames)
+    fp.seek(inst.pixel_offset)
+    return get_frame(fp, number - 1, number_of_frames=inst.number_of_frames)
 
 
-def decoded_frame(blobs: FileBlobStore, inst: StoredInstance, number: int) -> bytes:
+def decoded_frame(blobs: BlobFiles, inst: StoredInstance, number: int) -> bytes:
     """Frame ``number`` decoded by pydicom, as little-endian native bytes (PS3.18 Table 8.7.3-4).
 
     Color frames come back as RGB (pydicom converts YBR); with Bits Allocated 1 the pixels are
     packed again, eight to a byte, least significant bit first (PS3.5 §8.1.1).
     """
-    arr: np.ndarray[Any, Any] = pixel_array(str(blobs.path(inst.blob_key)), index=number - 1)
+    arr: np.ndarray[Any, Any] = pixel_array(blobs.file(inst.blob_key), index=number - 1)
     if inst.bits_allocated == 1:
         return np.packbits(arr.astype(np.uint8).ravel(), bitorder="little").tobytes()
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
@@ -113,21 +188,21 @@ def pixel_data_length(inst: StoredInstance, selection: Selection) -> int | None:
     return None
 
 
-def pixel_data_chunks(blobs: FileBlobStore, inst: StoredInstance, selection: Selection) -> Iterator[bytes]:
+def pixel_data_chunks(blobs: BlobFiles, inst: StoredInstance, selection: Selection) -> Iterator[bytes]:
     """All frames as one native value: the stored range, or decoded frame by frame."""
     if pixel_data_length(inst, selection) is not None:
         assert inst.pixel_offset is not None
         yield from blobs.iter_range(inst.blob_key, inst.pixel_offset, inst.pixel_length)
         return
     if inst.bits_allocated == 1 and (inst.number_of_frames or 1) > 1 and native_frame_size(inst) is None:
-        arr = pixel_array(str(blobs.path(inst.blob_key)))
+        arr = pixel_array(blobs.file(inst.blob_key))
         yield np.packbits(arr.astype(np.uint8).ravel(), bitorder="little").tobytes()
         return
     for number in range(1, (inst.number_of_frames or 1) + 1):
         yield decoded_frame(blobs, inst, number)
 
 
-def read_element(blobs: FileBlobStore, inst: StoredInstance, tag: str) -> bytes:
+def read_element(blobs: BlobFiles, inst: StoredInstance, tag: str) -> bytes:
     """The value of a top-level binary element other than Pixel Data, read with pydicom.
 
     Only that element is read (``specific_tags``); the others are skipped over.
@@ -138,7 +213,7 @@ def read_element(blobs: FileBlobStore, inst: StoredInstance, tag: str) -> bytes:
         No such element, or not one whose value is bulk data.
     """
     number = int(tag, 16)
-    ds = dcmread(blobs.path(inst.blob_key), specific_tags=[number])
+    ds = dcmread(blobs.file(inst.blob_key), specific_tags=[number])
     elem = ds.get(number)
     if elem is None or elem.VR not in BINARY_VRS or elem.value is None:
         raise NotFound(f"instance {inst.sop_uid} has no bulk data element {tag}")

@@ -211,8 +211,8 @@ class StoreService:
         """Spool and parse each part, committing every :data:`BATCH` instances."""
         for headers, sink in multipart.read_parts(stream, boundary, self.blobs.spool):
             state.parts += 1
-            state.sink = sink  # ours from now on: discarded if anything escapes before it is pending
             assert isinstance(sink, SpooledBlob)
+            state.sink = sink  # ours from now on: discarded if anything escapes before it is pending
             part_type, _ = multipart.media_type(headers.get("content-type") or DICOM)
             if part_type != DICOM:
                 sink.discard()

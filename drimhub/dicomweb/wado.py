@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
+from werkzeug.wsgi import ClosingIterator
 
 from drimhub.dicomweb import frames as fr
 from drimhub.dicomweb import negotiation as neg
@@ -137,26 +138,40 @@ def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, acc
             raise NotAcceptable(f"instances stored in {stored} cannot be sent in any acceptable "
                                 "representation (this node sends them as stored or in Explicit VR Little Endian)")
         chosen[stored] = selection
+    files = fr.BlobFiles(blobs, [inst.blob_key for inst in found])
     parts: list[Part] = []
     for inst in found:
         selection = chosen[inst.transfer_syntax]
         length = inst.size if selection.transfer_syntax == inst.transfer_syntax else None
-        parts.append((selection.content_type(), _instance_chunks(blobs, inst, selection.transfer_syntax), length))
+        parts.append((selection.content_type(), _instance_chunks(files, inst, selection.transfer_syntax), length))
     if not next(iter(chosen.values())).multipart:  # a bare application/dicom for one instance
         ctype, chunks, length = parts[0]
         headers = {"Content-Type": ctype} | ({"Content-Length": str(length)} if length is not None else {})
-        return WadoAnswer(200, headers, chunks)
-    return _multipart(parts, neg.DICOM)
+        return _closing(WadoAnswer(200, headers, chunks), files)
+    return _closing(_multipart(parts, neg.DICOM), files)
 
 
-def _instance_chunks(blobs: FileBlobStore, inst: StoredInstance, syntax: str) -> Iterator[bytes]:
-    """The Part 10 bytes of ``inst`` in ``syntax`` (a generator: work starts on first ``next()``)."""
-    if syntax == inst.transfer_syntax:
-        yield from blobs.iter_range(inst.blob_key)
-    elif inst.transfer_syntax == neg.IMPLICIT_VR_LE and _pixel_data_is_last(inst):
-        yield from _implicit_to_explicit(blobs, inst)
-    else:
-        yield from _chunked(_reencoded(blobs, inst))
+def _closing(answer: WadoAnswer, files: fr.BlobFiles) -> WadoAnswer:
+    """``answer`` whose body closes ``files`` when the response is closed (WSGI ``close()``, PEP 3333)."""
+    assert not isinstance(answer.body, bytes)
+    answer.body = ClosingIterator(answer.body, [files.close])
+    return answer
+
+
+def _instance_chunks(blobs: fr.BlobFiles, inst: StoredInstance, syntax: str) -> Iterator[bytes]:
+    """The Part 10 bytes of ``inst`` in ``syntax`` (a generator: work starts on first ``next()``).
+
+    The instance's file is closed once its bytes are out.
+    """
+    try:
+        if syntax == inst.transfer_syntax:
+            yield from blobs.iter_range(inst.blob_key)
+        elif inst.transfer_syntax == neg.IMPLICIT_VR_LE and _pixel_data_is_last(inst):
+            yield from _implicit_to_explicit(blobs, inst)
+        else:
+            yield from _chunked(_reencoded(blobs, inst))
+    finally:
+        blobs.release(inst.blob_key)
 
 
 def _pixel_data_is_last(inst: StoredInstance) -> bool:
@@ -171,10 +186,10 @@ def _without_group_lengths(ds: Dataset) -> None:
         del ds[tag]
 
 
-def _implicit_to_explicit(blobs: FileBlobStore, inst: StoredInstance) -> Iterator[bytes]:
+def _implicit_to_explicit(blobs: fr.BlobFiles, inst: StoredInstance) -> Iterator[bytes]:
     """Implicit VR LE → Explicit VR LE without touching pixels: the header re-encoded by pydicom,
     then the stored Pixel Data value streamed from the blob behind an explicit OW header."""
-    ds = dcmread(blobs.path(inst.blob_key), stop_before_pixels=True)
+    ds = dcmread(blobs.file(inst.blob_key), stop_before_pixels=True)
     _without_group_lengths(ds)
     ds.file_meta.TransferSyntaxUID = neg.EXPLICIT_VR_LE
     buf = io.BytesIO()
@@ -186,9 +201,9 @@ def _implicit_to_explicit(blobs: FileBlobStore, inst: StoredInstance) -> Iterato
         yield from blobs.iter_range(inst.blob_key, inst.pixel_offset, inst.pixel_length)
 
 
-def _reencoded(blobs: FileBlobStore, inst: StoredInstance) -> bytes:
+def _reencoded(blobs: fr.BlobFiles, inst: StoredInstance) -> bytes:
     """The whole instance decoded and written in Explicit VR Little Endian (one instance in memory)."""
-    ds = dcmread(blobs.path(inst.blob_key))
+    ds = dcmread(blobs.file(inst.blob_key))
     if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
         ds.decompress(generate_instance_uid=False)  # same SOP Instance: a lossless change of encoding
     _without_group_lengths(ds)
@@ -262,9 +277,10 @@ def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, number
     inst = _instances(session, scope, access)[0]
     fr.check_frames(inst, numbers)
     selection = _select_pixels(inst, accept)
-    parts: list[Part] = [(selection.content_type(), fr.frame_chunks(blobs, inst, n, selection),
+    files = fr.BlobFiles(blobs, [inst.blob_key])
+    parts: list[Part] = [(selection.content_type(), fr.frame_chunks(files, inst, n, selection),
                           fr.frame_length(inst, n, selection)) for n in numbers]
-    return _multipart(parts, selection.media_type)
+    return _closing(_multipart(parts, selection.media_type), files)
 
 
 def _select_pixels(inst: StoredInstance, accept: str | None) -> neg.Selection:
@@ -294,16 +310,25 @@ def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag:
         raise NotFound(f"not a bulk data tag: {tag[:16]!r}")
     tag = tag.upper()
     inst = _instances(session, scope, access)[0]
+    files = fr.BlobFiles(blobs, [inst.blob_key])
+    try:
+        return _closing(_bulkdata(files, inst, tag, accept), files)
+    except BaseException:
+        files.close()
+        raise
+
+
+def _bulkdata(files: fr.BlobFiles, inst: StoredInstance, tag: str, accept: str | None) -> WadoAnswer:
+    """The answer of :func:`retrieve_bulkdata` for a found instance, read from ``files``."""
     if tag == fr.PIXEL_DATA and inst.number_of_frames is not None:
         selection = _select_pixels(inst, accept)
         if inst.transfer_syntax in neg.NATIVE_LITTLE_ENDIAN or neg.is_decoded(selection, inst.transfer_syntax):
-            return _multipart([(selection.content_type(), fr.pixel_data_chunks(blobs, inst, selection),
+            return _multipart([(selection.content_type(), fr.pixel_data_chunks(files, inst, selection),
                                 fr.pixel_data_length(inst, selection))], neg.OCTET_STREAM)
-        return _multipart([(selection.content_type(), fr.frame_chunks(blobs, inst, n, selection), None)
+        return _multipart([(selection.content_type(), fr.frame_chunks(files, inst, n, selection), None)
                            for n in range(1, inst.number_of_frames + 1)], selection.media_type)
-    selection = neg.select_bulk(neg.parse_accept(accept), inst.transfer_syntax, pixel_data=False)
-    if selection is None:
+    octet = neg.select_bulk(neg.parse_accept(accept), inst.transfer_syntax, pixel_data=False)
+    if octet is None:
         raise NotAcceptable("bulk data is available as application/octet-stream only")
-    value = fr.read_element(blobs, inst, tag)  # read now: a missing element is a 404, not a broken stream
-    return _multipart([(selection.content_type(), [value], len(value))], neg.OCTET_STREAM)
-
+    value = fr.read_element(files, inst, tag)  # read now: a missing element is a 404, not a broken stream
+    return _multipart([(octet.content_type(), [value], len(value))], neg.OCTET_STREAM)

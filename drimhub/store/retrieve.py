@@ -150,14 +150,14 @@ def delete_instances(session: Session, access: Access, study: str, series: str |
     study_pks = set(session.scalars(select(Series.study_pk).where(Series.pk.in_(series_pks))))
     has_instances = exists().where(Instance.series_pk == Series.pk)
     for pk in sorted(series_pks):
-        _delete_if_empty(session, delete(Series).where(Series.pk == pk, ~has_instances))
+        _delete_if_empty(session, delete(Series).where(Series.pk == pk, ~has_instances), "series")
     has_series = exists().where(Series.study_pk == Study.pk)
     for pk in sorted(study_pks):
-        _delete_if_empty(session, delete(Study).where(Study.pk == pk, ~has_series))
+        _delete_if_empty(session, delete(Study).where(Study.pk == pk, ~has_series), "study")
     return [row.blob_key for row in found]
 
 
-def _delete_if_empty(session: Session, stmt: Delete) -> None:
+def _delete_if_empty(session: Session, stmt: Delete, level: str) -> None:
     """Run ``stmt`` (a series or study without children) in a SAVEPOINT; keep the row if it has children now.
 
     The foreign keys do not cascade: when a concurrent STOW inserted a child the statement did
@@ -168,4 +168,4 @@ def _delete_if_empty(session: Session, stmt: Delete) -> None:
         with session.begin_nested():
             session.execute(stmt)
     except IntegrityError:
-        log.info("kept a %s a concurrent store has just written into", stmt.table.name)
+        log.info("kept a %s a concurrent store has just written into", level)
