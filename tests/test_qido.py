@@ -47,8 +47,9 @@ def data(client: FlaskClient) -> Data:
         f.ct(b, b1, modality="MR", **pat_b), f.sr(b, b2, series_number=2, **pat_b),
         f.ct(c, c1, **pat_c),
     ]
-    body, ctype = f.multipart([i.data for i in items])
-    assert client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype}).status_code == 200
+    for study in (a, b, c):  # one request per study, so that the studies are created in this order
+        body, ctype = f.multipart([i.data for i in items if i.study == study])
+        assert client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype}).status_code == 200
     sops: dict[str, list[str]] = {}
     for item in items:
         sops.setdefault(item.series, []).append(item.sop)
