@@ -268,3 +268,14 @@ def test_commit_applied_but_reported_failed_keeps_the_instance(client: FlaskClie
     url = f"/dicom-web/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}"
     got = client.get(url, headers={"Accept": "multipart/related; type=\"application/dicom\""})
     assert got.status_code == 200 and inst.data in got.data
+
+
+def test_native_pixel_data_shorter_than_its_geometry_is_refused(client: FlaskClient) -> None:
+    inst = f.ct()
+    ds = dcmread(io.BytesIO(inst.data))
+    ds.Rows = 4096  # the 64 x 64 pixels stay: far fewer bytes than 4096 x 64 needs
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    r = post(client, [buf.getvalue()])
+    assert r.status_code == 409, r.json
+    assert reasons(r.json) == [0xA900]

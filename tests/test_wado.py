@@ -414,3 +414,23 @@ def test_instance_deleted_before_its_file_is_opened_is_404(client: FlaskClient, 
     monkeypatch.setattr(wado.fr, "BlobFiles", vanish)
     r = client.get(stored.url(stored.ct1), headers={"Accept": "application/dicom; transfer-syntax=*"})
     assert r.status_code == 404
+
+
+def test_decompression_bomb_is_refused_not_decoded(client: FlaskClient) -> None:
+    # a small RLE instance whose header claims 16000 x 16000: decoding it would take ~500 MB
+    small = f.ct(transfer_syntax=RLELossless)
+    ds = dcmread(io.BytesIO(small.data))
+    ds.Rows = ds.Columns = 16000
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    bomb = f.Instance(buf.getvalue(), small.study, small.series, small.sop, small.sop_class)
+    store(client, [bomb])
+    url = f"/dicom-web/studies/{bomb.study}/series/{bomb.series}/instances/{bomb.sop}"
+    octet = 'multipart/related; type="application/octet-stream"'
+    for path, accept in ((url, None), (url + "/frames/1", octet), (url + "/bulkdata/7FE00010", octet)):
+        r = client.get(path, headers={"Accept": accept} if accept else {})
+        assert r.status_code == 406, (path, r.status_code)
+        assert "transfer-syntax=*" in r.json["00000902"]["Value"][0] or "transfer-syntax=*" in r.get_data(as_text=True)
+    as_stored = client.get(url, headers={"Accept": ANY_SYNTAX})
+    assert as_stored.status_code == 200
+    assert parts(as_stored)[0][1] == bomb.data

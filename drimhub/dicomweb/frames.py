@@ -23,7 +23,7 @@ from pydicom.encaps import get_frame
 from pydicom.pixels import pixel_array
 
 from drimhub.dicomweb.negotiation import NATIVE_LITTLE_ENDIAN, Selection, is_decoded
-from drimhub.server.errors import NotFound
+from drimhub.server.errors import NotAcceptable, NotFound
 from drimhub.store.blobs import FileBlobStore
 from drimhub.store.retrieve import StoredInstance
 
@@ -117,6 +117,27 @@ def check_frames(inst: StoredInstance, frames: list[int]) -> None:
     if past:
         raise NotFound(f"frame {past[0]} is past the end: instance {inst.sop_uid} has "
                        f"{inst.number_of_frames} frame(s)")
+
+
+#: Largest frame and instance this node decodes for a client (decompression bombs: a small
+#: compressed instance may declare 65535 x 65535 x 3 samples). Past these, only the stored form
+#: is offered (transfer-syntax=*).
+MAX_DECODED_FRAME = 256 << 20
+MAX_DECODED_INSTANCE = 2 << 30
+
+
+def check_decodable(inst: StoredInstance, whole: bool) -> None:
+    """Raise :class:`NotAcceptable` when decoding a frame (or the whole instance) would exceed the caps.
+
+    The sizes come from the header (PS3.3 C.7.6.3: Rows x Columns x Samples per Pixel, at
+    Bits Allocated per sample), before anything is decoded.
+    """
+    per_sample = max(1, (inst.bits_allocated or 8) // 8)
+    frame = (inst.rows or 0) * (inst.columns or 0) * (inst.samples_per_pixel or 1) * per_sample
+    total = frame * (inst.number_of_frames or 1)
+    if frame > MAX_DECODED_FRAME or (whole and total > MAX_DECODED_INSTANCE):
+        raise NotAcceptable(f"instance {inst.sop_uid} would decode to {total if whole else frame} bytes, more than "
+                            "this node decodes; ask for the stored form (transfer-syntax=*)")
 
 
 def native_frame_size(inst: StoredInstance) -> int | None:

@@ -187,6 +187,7 @@ def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None]
     if has_pixels and pixel:
         instance["number_of_frames"] = instance["number_of_frames"] or 1
         instance["pixel_offset"], instance["pixel_length"] = pixel[1], pixel[2]
+        _check_native_length(instance, sop_class, sop)
     else:
         instance["pixel_offset"] = instance["pixel_length"] = None
     return IndexEntry(
@@ -198,6 +199,22 @@ def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None]
         series_attrs=orjson.dumps({k: v for k, v in full.items() if k in SERIES_TAGS}),
         dicom_json=orjson.dumps(full),
     )
+
+
+def _check_native_length(instance: dict[str, Any], sop_class: str, sop: str) -> None:
+    """Refuse native Pixel Data shorter than its geometry (PS3.5 §8.1.1; PS3.4 B.2.3 A900H).
+
+    Frames are served by offset; a short value would make them read past the element.
+    """
+    length = instance["pixel_length"]
+    if length is None:  # encapsulated: frames are found by their items
+        return
+    bits = ((instance["rows"] or 0) * (instance["columns"] or 0) * (instance["samples_per_pixel"] or 1)
+            * (instance["bits_allocated"] or 0) * instance["number_of_frames"])
+    if length < (bits + 7) // 8:
+        raise UnreadableInstance(FailureReason.DATA_SET_DOES_NOT_MATCH,
+                                 f"Pixel Data holds {length} bytes, its geometry needs {(bits + 7) // 8}",
+                                 sop_class, sop)
 
 
 def _pixel_vr(tsuid: UID, bits_allocated: int | None) -> str:

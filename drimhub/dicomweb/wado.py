@@ -143,6 +143,8 @@ def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, acc
     for inst in found:
         selection = chosen[inst.transfer_syntax]
         length = inst.size if selection.transfer_syntax == inst.transfer_syntax else None
+        if length is None and inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:
+            fr.check_decodable(inst, whole=True)
         parts.append((selection.content_type(), _instance_chunks(files, inst, selection.transfer_syntax), length))
     if not next(iter(chosen.values())).multipart:  # a bare application/dicom for one instance
         ctype, chunks, length = parts[0]
@@ -277,6 +279,8 @@ def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, number
     inst = _instances(session, scope, access)[0]
     fr.check_frames(inst, numbers)
     selection = _select_pixels(inst, accept)
+    if neg.is_decoded(selection, inst.transfer_syntax) and inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:
+        fr.check_decodable(inst, whole=False)
     files = fr.BlobFiles(blobs, [inst.blob_key])
     parts: list[Part] = [(selection.content_type(), fr.frame_chunks(files, inst, n, selection),
                           fr.frame_length(inst, n, selection)) for n in numbers]
@@ -323,6 +327,8 @@ def _bulkdata(files: fr.BlobFiles, inst: StoredInstance, tag: str, accept: str |
     if tag == fr.PIXEL_DATA and inst.number_of_frames is not None:
         selection = _select_pixels(inst, accept)
         if inst.transfer_syntax in neg.NATIVE_LITTLE_ENDIAN or neg.is_decoded(selection, inst.transfer_syntax):
+            if inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:
+                fr.check_decodable(inst, whole=True)
             return _multipart([(selection.content_type(), fr.pixel_data_chunks(files, inst, selection),
                                 fr.pixel_data_length(inst, selection))], neg.OCTET_STREAM)
         return _multipart([(selection.content_type(), fr.frame_chunks(files, inst, n, selection), None)
