@@ -59,8 +59,5 @@ def test_retrieve_instance_frames(dw: DICOMwebClient, study: list[f.Instance]) -
 
 
 def test_search_for_studies(dw: DICOMwebClient, study: list[f.Instance]) -> None:
-    # QIDO-RS is written in parallel; until drimhub.dicomweb.query is committed the search route
-    # is a placeholder (405). Remove this line once QIDO-RS is in.
-    pytest.importorskip("drimhub.dicomweb.query", reason="QIDO-RS (drimhub.dicomweb.query) not committed yet")
     found = dw.search_for_studies(search_filters={"StudyInstanceUID": study[0].study})
     assert [s["0020000D"]["Value"][0] for s in found] == [study[0].study]

@@ -14,11 +14,13 @@ def fold_text(value: str) -> str:
 
     PatientName and ReferringPhysicianName match case- and accent-insensitively (PS3.4
     C.2.2.2.1 leaves case sensitivity of PN to the implementation; this is documented in the
-    conformance statement): ``DUPONT^Jérôme`` is stored as ``dupont^jerome``.
+    conformance statement): ``DUPONT^Jérôme`` and ``DUPONT^Jérôme^^^`` are stored as ``dupont^jerome``.
     """
     decomposed = unicodedata.normalize("NFKD", value)
     stripped = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return stripped.casefold().strip()
+    # trailing empty components and groups may be left out (PS3.5 §6.2, PN): DUPONT^Jérôme^^^
+    # is the same name as DUPONT^Jérôme
+    return stripped.casefold().strip().rstrip("^=").strip()
 
 
 def time_key(value: str) -> str:
