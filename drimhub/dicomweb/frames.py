@@ -24,7 +24,7 @@ from pydicom.pixels import pixel_array
 
 from drimhub.dicomweb.negotiation import NATIVE_LITTLE_ENDIAN, Selection, is_decoded
 from drimhub.server.errors import NotAcceptable, NotFound
-from drimhub.store.blobs import FileBlobStore
+from drimhub.store.blobs import FileBlobStore, read_range
 from drimhub.store.retrieve import StoredInstance
 
 PIXEL_DATA = "7FE00010"
@@ -33,7 +33,6 @@ PIXEL_DATA = "7FE00010"
 OPEN_AHEAD = 1000
 #: VRs whose values are bulk data a client may ask for by tag (PS3.18 §10.4.1.1.5, PS3.5 §6.2).
 BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
-_CHUNK = 1 << 20
 
 
 class BlobFiles:
@@ -80,16 +79,7 @@ class BlobFiles:
 
     def iter_range(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Yield the bytes of a blob (or of one range of it) in chunks."""
-        fp = self.file(key)
-        fp.seek(offset)
-        left = length
-        while left is None or left > 0:
-            chunk = fp.read(_CHUNK if left is None else min(_CHUNK, left))
-            if not chunk:
-                break
-            if left is not None:
-                left -= len(chunk)
-            yield chunk
+        yield from read_range(self.file(key), offset, length)
 
     def release(self, key: str) -> None:
         """Close the file of ``key`` (the stream is past it)."""

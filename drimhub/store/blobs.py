@@ -123,15 +123,7 @@ class FileBlobStore:
     def iter_range(self, key: str, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
         """Yield the bytes of a blob (or of one range of it) in chunks."""
         with self.open(key) as f:
-            f.seek(offset)
-            left = length
-            while left is None or left > 0:
-                chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
-                if not chunk:
-                    break
-                if left is not None:
-                    left -= len(chunk)
-                yield chunk
+            yield from read_range(f, offset, length)
 
     def keys(self) -> Iterator[tuple[str, float]]:
         """Every committed key with its modification time."""
@@ -173,6 +165,19 @@ class FileBlobStore:
     def ready(self) -> bool:
         """True when the storage folder is writable."""
         return os.access(self.tmp, os.W_OK) and os.access(self.objects, os.W_OK)
+
+
+def read_range(f: BinaryIO, offset: int = 0, length: int | None = None) -> Iterator[bytes]:
+    """Yield ``length`` bytes (or up to the end) of an open file from ``offset``, in chunks."""
+    f.seek(offset)
+    left = length
+    while left is None or left > 0:
+        chunk = f.read(_CHUNK if left is None else min(_CHUNK, left))
+        if not chunk:
+            break
+        if left is not None:
+            left -= len(chunk)
+        yield chunk
 
 
 def _mtime(path: Path) -> float:
