@@ -22,17 +22,15 @@ from pydicom import dcmread
 from pydicom.encaps import get_frame
 from pydicom.pixels import pixel_array
 
+from drimhub.dicomweb.attributes import BULK_VRS, PIXEL_DATA
 from drimhub.dicomweb.negotiation import NATIVE_LITTLE_ENDIAN, Selection, is_decoded
 from drimhub.server.errors import NotAcceptable, NotFound
 from drimhub.store.blobs import FileBlobStore, read_range
 from drimhub.store.retrieve import StoredInstance
 
-PIXEL_DATA = "7FE00010"
 #: Answers of up to this many blobs have all their files opened before they are returned;
 #: larger ones open each file when the stream reaches it (file descriptors are finite).
 OPEN_AHEAD = 1000
-#: VRs whose values are bulk data a client may ask for by tag (PS3.18 §10.4.1.1.5, PS3.5 §6.2).
-BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 
 
 class BlobFiles:
@@ -226,7 +224,7 @@ def read_element(blobs: BlobFiles, inst: StoredInstance, tag: str) -> bytes:
     number = int(tag, 16)
     ds = dcmread(blobs.file(inst.blob_key), specific_tags=[number])
     elem = ds.get(number)
-    if elem is None or elem.VR not in BINARY_VRS or elem.value is None:
+    if elem is None or elem.VR not in BULK_VRS or elem.value is None:
         raise NotFound(f"instance {inst.sop_uid} has no bulk data element {tag}")
     value = elem.value
     return bytes(value) if not isinstance(value, bytes) else value
