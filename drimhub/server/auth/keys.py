@@ -64,8 +64,7 @@ def _with_kid(key: RSAKey) -> RSAKey:
 
 def public_jwks(key: RSAKey) -> dict[str, object]:
     """The JWKS document of the public key (``/oauth/jwks``)."""
-    public = key.as_dict(private=False)
-    public.update({"use": "sig", "alg": ALGORITHM, "kid": key.kid})
+    public: dict[str, object] = {**key.as_dict(private=False), "use": "sig", "alg": ALGORITHM, "kid": key.kid}
     return {"keys": [public]}
 
 

@@ -130,9 +130,9 @@ def parse_trusted_issuers(value: str) -> dict[str, TrustedIssuer]:
     return trusted
 
 
-def _issuer_options(item: str, options: list[str]) -> dict[str, str]:
+def _issuer_options(item: str, options: list[str]) -> dict[str, Any]:
     """The :class:`TrustedIssuer` fields set by the ``;name=value`` options of ``item``."""
-    fields: dict[str, str] = {}
+    fields: dict[str, Any] = {}
     for option in options:
         name, _, setting = option.partition("=")
         if name not in _ISSUER_OPTIONS or not setting:
