@@ -31,7 +31,7 @@ from drimhub.server.auth.principal import Principal
 from drimhub.server.auth.scopes import parse_scopes
 from drimhub.server.auth.tokens import access_token_claims, sign
 from drimhub.server.cli import main
-from drimhub.server.errors import Unauthorized
+from drimhub.errors import Unauthorized
 from drimhub.store import audit as audit_store
 from drimhub.store.audit import AuditRecord
 

@@ -12,7 +12,7 @@ from werkzeug.datastructures import MultiDict
 from drimhub.fhir.audit_routes import date_bounds, parse_search
 from drimhub.mappings import audit as m
 from drimhub.server.audit import classify, redact_query, sanitise_request_id, split_patient_key
-from drimhub.server.errors import InvalidQuery
+from drimhub.errors import InvalidQuery
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 USER = m.Caller(address="10.0.0.7", issuer="http://localhost", sub="dr-martin", client_id="ris-1", org="chu-a",

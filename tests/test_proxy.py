@@ -14,7 +14,7 @@ from flask import Flask, request
 from flask.testing import FlaskClient
 
 from drimhub.server.app import create_app
-from drimhub.server.errors import DrimhubError
+from drimhub.errors import DrimhubError
 from oauthhelpers import backend_form, client_key, jwks_of, register
 
 UPSTREAM = "http://10.0.0.5/"

@@ -7,7 +7,7 @@ from werkzeug.datastructures import MultiDict
 
 from drimhub.dicomweb.query import (MATCH_KEYS, Condition, FuzzyName, Level, QueryExpression, Range, Single,
                                     Universal, ValueList, Wildcard, attribute_tag, parse_query)
-from drimhub.server.errors import InvalidQuery
+from drimhub.errors import InvalidQuery
 
 S, R, I = Level.STUDY, Level.SERIES, Level.INSTANCE
 K = MATCH_KEYS

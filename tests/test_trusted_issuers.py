@@ -138,7 +138,7 @@ def test_parse_trusted_issuers_org_mapping() -> None:
 
 def test_bad_trusted_issuers_stop_the_app(tmp_path, signing_key_pem: str) -> None:
     from drimhub.server.app import create_app
-    from drimhub.server.errors import DrimhubError
+    from drimhub.errors import DrimhubError
 
     with pytest.raises(DrimhubError, match="org-claim"):
         create_app({"DATA_DIR": str(tmp_path), "SIGNING_KEY": signing_key_pem,

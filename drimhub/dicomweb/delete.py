@@ -13,7 +13,7 @@ import logging
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from drimhub.server.errors import NotFound
+from drimhub.errors import NotFound
 from drimhub.store import retrieve
 from drimhub.store.access import Access
 from drimhub.store.blobs import FileBlobStore

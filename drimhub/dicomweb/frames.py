@@ -22,9 +22,9 @@ from pydicom import dcmread
 from pydicom.encaps import get_frame
 from pydicom.pixels import pixel_array
 
-from drimhub.dicomweb.attributes import BULK_VRS, PIXEL_DATA
+from drimhub.dicomweb.attributes import BULK_VRS
 from drimhub.dicomweb.negotiation import NATIVE_LITTLE_ENDIAN, Selection, is_decoded
-from drimhub.server.errors import NotAcceptable, NotFound
+from drimhub.errors import NotAcceptable, NotFound
 from drimhub.store.blobs import FileBlobStore, read_range
 from drimhub.store.retrieve import StoredInstance
 

@@ -14,7 +14,7 @@ from typing import IO, Protocol
 from python_multipart.multipart import MultipartParser
 from werkzeug.http import parse_options_header
 
-from drimhub.server.errors import InvalidRequest
+from drimhub.errors import InvalidRequest
 
 _CHUNK = 1 << 20
 

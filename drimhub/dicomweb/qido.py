@@ -32,12 +32,11 @@ from typing import Any
 import orjson
 from pydicom.datadict import dictionary_VR
 from sqlalchemy.orm import Session
-from werkzeug.datastructures import MIMEAccept
-from werkzeug.http import parse_accept_header
 
 from drimhub.dicomweb.attributes import INSTANCE_RETURN, SERIES_RETURN, STUDY_RETURN
+from drimhub.dicomweb.negotiation import parse_accept
 from drimhub.dicomweb.query import Level, QueryExpression, Single, Universal
-from drimhub.server.errors import Forbidden, NotAcceptable
+from drimhub.errors import Forbidden, NotAcceptable
 from drimhub.store import qido as store
 from drimhub.store import retrieve
 from drimhub.store.access import Access
@@ -103,13 +102,13 @@ def response_media_type(accept: str | None) -> str:
     NotAcceptable
         The client accepts neither (e.g. ``application/dicom+xml`` only, PS3.18 §8.7.3).
     """
-    if not accept or not accept.strip():
-        return MEDIA_TYPES[0]
-    best = parse_accept_header(accept, MIMEAccept).best_match(MEDIA_TYPES)
-    if best is None:
-        raise NotAcceptable(f"search results are available as {' or '.join(MEDIA_TYPES)}, "
-                            f"not {accept[:100]!r}")
-    return str(best)
+    for media_range in parse_accept(accept):  # best first, one Accept rule for every service
+        if media_range.multipart and media_range.type != "*/*":
+            continue
+        for media_type in MEDIA_TYPES:
+            if media_range.type in (media_type, "*/*", media_type.split("/")[0] + "/*"):
+                return media_type
+    raise NotAcceptable(f"search results are available as {' or '.join(MEDIA_TYPES)}, not {accept[:100]!r}")
 
 
 def warning_header(agent: str, text: str) -> str:

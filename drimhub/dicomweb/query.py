@@ -34,7 +34,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 
 from drimhub.dicomweb.normalize import fold_text, time_key
 from drimhub.dicomweb.uids import is_valid_uid
-from drimhub.server.errors import InvalidQuery
+from drimhub.errors import InvalidQuery
 
 
 class Level(enum.IntEnum):

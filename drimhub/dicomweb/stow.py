@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from drimhub.dicomweb import multipart
 from drimhub.dicomweb.ingest import UnreadableInstance, parse_instance
 from drimhub.dicomweb.status import FailureReason, is_server_side, stow_http_status
-from drimhub.server.errors import InvalidRequest, UnsupportedMediaType
+from drimhub.errors import InvalidRequest, UnsupportedMediaType
 from drimhub.store.access import PatientRef
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import write_session

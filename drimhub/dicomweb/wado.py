@@ -26,11 +26,12 @@ from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
 from werkzeug.wsgi import ClosingIterator
 
+from drimhub.dicomweb.attributes import PIXEL_DATA
 from drimhub.dicomweb import frames as fr
 from drimhub.dicomweb import negotiation as neg
 from drimhub.dicomweb.ingest import BULK_PREFIX
 from drimhub.dicomweb.multipart import new_boundary, write_parts
-from drimhub.server.errors import Forbidden, NotAcceptable, NotFound
+from drimhub.errors import Forbidden, NotAcceptable, NotFound
 from drimhub.store import retrieve
 from drimhub.store.access import Access
 from drimhub.store.blobs import FileBlobStore
@@ -324,7 +325,7 @@ def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag:
 
 def _bulkdata(files: fr.BlobFiles, inst: StoredInstance, tag: str, accept: str | None) -> WadoAnswer:
     """The answer of :func:`retrieve_bulkdata` for a found instance, read from ``files``."""
-    if tag == fr.PIXEL_DATA and inst.number_of_frames is not None:
+    if tag == PIXEL_DATA and inst.number_of_frames is not None:
         selection = _select_pixels(inst, accept)
         if inst.transfer_syntax in neg.NATIVE_LITTLE_ENDIAN or neg.is_decoded(selection, inst.transfer_syntax):
             if inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:

@@ -22,14 +22,15 @@ from typing import Any
 from urllib.parse import urlencode
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, g, request
 from werkzeug.datastructures import MultiDict
 
 from drimhub.mappings.audit import DCM, OUTCOMES, RESTFUL_INTERACTION
 from drimhub.server.auth import policy
 from drimhub.server.auth.policy import Requirement
 from drimhub.server.db import get_session
-from drimhub.server.errors import Forbidden, InvalidQuery, MethodNotAllowed, NotFound
+from drimhub.errors import Forbidden, InvalidQuery, MethodNotAllowed, NotFound
+from drimhub.server.urls import base_url
 from drimhub.store import audit as audit_store
 from drimhub.store.audit import AuditQuery, TokenMatch
 
@@ -153,7 +154,7 @@ def _auditor_org(permission: str) -> str | None:
 
 
 def _fhir_base() -> str:
-    return str(current_app.config.get("BASE_URL") or request.host_url).rstrip("/") + "/fhir"
+    return base_url() + "/fhir"
 
 
 def _page_url(args: MultiDict[str, str], offset: int) -> str:

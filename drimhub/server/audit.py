@@ -26,13 +26,14 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 import orjson
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, g, has_request_context, request
 
 from drimhub.mappings.audit import (AccessFacts, Caller, PatientRef, build_event, patient_system,
                                     search_columns, token_tail)
 from drimhub.server.auditctx import touched
 from drimhub.server.db import resources
 from drimhub.server.errors import render_error
+from drimhub.server.urls import base_url
 from drimhub.store import audit as audit_store
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ def _groups() -> list[tuple[PatientRef | None, tuple[str, ...]]]:
 
 
 def _server_url() -> str:
-    return str(current_app.config.get("BASE_URL") or request.host_url).rstrip("/")
+    return base_url()
 
 
 def access_facts(status: int) -> list[AccessFacts]:

@@ -55,7 +55,7 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
     from drimhub.server.db import Resources
     from drimhub.store.sweep import sweep
 
-    from drimhub.server.errors import DrimhubError
+    from drimhub.errors import DrimhubError
 
     try:
         app = _app()  # applies migrations once, before any worker starts
@@ -108,7 +108,7 @@ def exposure_problems(host: str) -> list[str]:
 
     from drimhub.server import config
     from drimhub.server.auth import keys
-    from drimhub.server.errors import DrimhubError
+    from drimhub.errors import DrimhubError
 
     app = Flask("drimhub")
     try:
@@ -237,7 +237,7 @@ def token(scope: str, org: str, sub: str | None, ttl: int, patient: str | None) 
 
     from drimhub.server import config, urls
     from drimhub.server.auth import keys, tokens
-    from drimhub.server.errors import DrimhubError
+    from drimhub.errors import DrimhubError
 
     app = Flask("drimhub")
     try:
@@ -273,7 +273,7 @@ def client_create(name: str, scope: str, org: str, jwks_file: Path | None, jwks_
     import json
 
     from drimhub.server.auth.clients import create_client
-    from drimhub.server.errors import DrimhubError
+    from drimhub.errors import DrimhubError
     from drimhub.store.engine import write_session
 
     try:
@@ -311,7 +311,7 @@ def user() -> None:
 def user_add(username: str, scope: str, org: str, display_name: str, password_stdin: bool) -> None:
     """Add a user; the password is prompted for (twice) unless --password-stdin."""
     from drimhub.server.auth.users import add_user
-    from drimhub.server.errors import DrimhubError
+    from drimhub.errors import DrimhubError
     from drimhub.store.engine import write_session
 
     if password_stdin:

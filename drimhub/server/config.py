@@ -13,7 +13,7 @@ from typing import Any
 
 from flask import Flask
 
-from drimhub.server.errors import DrimhubError
+from drimhub.errors import DrimhubError
 
 #: Defaults of every setting (without the ``DRIMHUB_`` prefix).
 DEFAULTS: dict[str, Any] = {

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlparse
 
-from drimhub.server.errors import DrimhubError
+from drimhub.errors import DrimhubError
 
 _KEY = re.compile(r"^[0-9a-f]{32}$")
 _CHUNK = 1 << 20

@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 
 from drimhub.server.auth.clients import PRIVATE_KEY_JWT, find_public_key
 from drimhub.server.db import resources
-from drimhub.server.errors import InvalidRequest
+from drimhub.errors import InvalidRequest
 from drimhub.store.engine import write_session
 from drimhub.store.security import SeenAssertion
 

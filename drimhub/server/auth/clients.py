@@ -28,7 +28,7 @@ from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session
 
 from drimhub.server.auth.scopes import ResourceScope, parse_scopes
-from drimhub.server.errors import InvalidRequest
+from drimhub.errors import InvalidRequest
 from drimhub.store.security import OAuthClient
 
 #: Organisation of a client or user registered without one.

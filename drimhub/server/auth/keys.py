@@ -11,7 +11,7 @@ from pathlib import Path
 
 from joserfc.jwk import KeySet, RSAKey
 
-from drimhub.server.errors import DrimhubError
+from drimhub.errors import DrimhubError
 
 #: JWS algorithm of the node's tokens (RSASSA-PKCS1-v1_5 with SHA-384, which SMART Backend
 #: Services names among the algorithms every party supports).

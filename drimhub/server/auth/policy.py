@@ -49,7 +49,7 @@ from flask import Flask, g, request
 
 from drimhub.server.auth import protect
 from drimhub.server.auth.principal import Principal
-from drimhub.server.errors import Forbidden
+from drimhub.errors import Forbidden
 from drimhub.store.access import Access, PatientRef
 
 log = logging.getLogger(__name__)

@@ -52,7 +52,7 @@ from drimhub.server.auth.keys import ALGORITHM
 from drimhub.server.auth.principal import Principal
 from drimhub.server.auth.scopes import parse_scopes
 from drimhub.server.db import get_session, resources
-from drimhub.server.errors import DrimhubError, PeerUnavailable, Unauthorized
+from drimhub.errors import DrimhubError, PeerUnavailable, Unauthorized
 from drimhub.store.security import RevokedToken
 
 REALM = "drimhub"

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from drimhub.server.auth.clients import DEFAULT_ORG
-from drimhub.server.errors import Conflict, InvalidRequest
+from drimhub.errors import Conflict, InvalidRequest
 from drimhub.store.engine import write_session
 from drimhub.store.security import User
 
