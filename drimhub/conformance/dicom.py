@@ -39,7 +39,10 @@ STATEMENT: tuple[Row, ...] = (
         "PatientName and ReferringPhysicianName match case- and accent-insensitively; other strings exactly. "
         "Unknown or malformed parameters: 400. Answers larger than DRIMHUB_QIDO_MAX_RESULTS are truncated "
         "with a Warning: 299 header."),
-    Row("8.3.4.2", "fuzzymatching", "partial", "See the Warning header of the answer."),
+    Row("8.3.4.2", "fuzzymatching", "supported",
+        "fuzzymatching=true on PatientName and ReferringPhysicianName: each word of the value must start a "
+        "word of the name, in any order, ignoring case and accents (anne dur finds DURAND^Anne); a value "
+        "with wildcards stays a wildcard match."),
     Row("10.4.1.1.1", "Retrieve study, series, instance (WADO-RS)", "supported",
         'multipart/related; type="application/dicom", streamed. transfer-syntax=* serves as stored; the '
         "default is Explicit VR Little Endian (compressed instances are decompressed); other syntaxes: 406 "
@@ -56,7 +59,11 @@ STATEMENT: tuple[Row, ...] = (
     Row("9", "WADO-URI", "not supported", "Planned (pixels issue)."),
     Row("11", "Worklist (UPS-RS)", "not supported", ""),
     Row("-", "DELETE /studies/{s}[/series/{se}[/instances/{i}]] (vendor extension)", "supported",
-        "Removes the rows, then the blobs."),
+        "204; removes the rows, then the blobs; an emptied series or study goes too."),
+    Row("-", "Security (vendor profile of SMART on FHIR for DICOMweb)", "supported",
+        "Every URL needs a bearer token: QIDO ImagingStudy s, WADO r, STOW c, DELETE d (SMART v1 and v2 "
+        "scopes); 401 / 403 with WWW-Authenticate. A study belongs to the organisation that stored it; "
+        "other organisations neither find, read, write into nor delete it. Every access is audited."),
 )
 
 
