@@ -8,10 +8,9 @@ credentials (a Pro Santé Connect-like issuer).
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -22,6 +21,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from conftest import BASE_URL
+from oauthhelpers import serving
 from drimhub.server.auth import protect
 from drimhub.server.auth.protect import TrustedIssuer, parse_trusted_issuers
 
@@ -82,14 +82,8 @@ def idp() -> Iterator[tuple[IdentityProvider, str]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state, f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
+    with serving(Handler) as url:
+        yield state, url
 
 
 @pytest.fixture
