@@ -124,23 +124,29 @@ def login_code(http: FlaskClient, client_id: str, challenge: str, username: str 
     return params["code"]
 
 
+class JsonHandler(BaseHTTPRequestHandler):
+    """A quiet request handler that answers JSON."""
+
+    def send_json(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
 @contextmanager
 def serve_json(document: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
     """Serve ``document`` (mutable: the dict yielded) as JSON on 127.0.0.1; yields its URL."""
     holder: dict[str, Any] = {"doc": document, "hits": 0}
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
             holder["hits"] += 1
-            body = json.dumps(holder["doc"]).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
+            self.send_json(json.dumps(holder["doc"]).encode())
 
     with serving(Handler) as url:
         yield f"{url}/jwks.json", holder

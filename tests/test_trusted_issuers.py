@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,7 +20,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey
 
 from conftest import BASE_URL
-from oauthhelpers import serving
+from oauthhelpers import JsonHandler, serving
 from drimhub.server.auth import protect
 from drimhub.server.auth.protect import TrustedIssuer, parse_trusted_issuers
 
@@ -59,10 +58,10 @@ class IdentityProvider:
 def idp() -> Iterator[tuple[IdentityProvider, str]]:
     state = IdentityProvider()
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(JsonHandler):
         def do_GET(self) -> None:  # noqa: N802
             state.jwks_fetches += 1
-            self._send(state.jwks())
+            self.send_json(state.jwks())
 
         def do_POST(self) -> None:  # noqa: N802
             form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
@@ -70,17 +69,7 @@ def idp() -> Iterator[tuple[IdentityProvider, str]]:
                 self.send_response(401)
                 self.end_headers()
                 return
-            self._send(state.introspect(form["token"][0], self.headers.get("Authorization")))
-
-        def _send(self, body: bytes) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
+            self.send_json(state.introspect(form["token"][0], self.headers.get("Authorization")))
 
     with serving(Handler) as url:
         yield state, url
