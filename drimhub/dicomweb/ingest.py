@@ -155,12 +155,23 @@ def _first(full: dict[str, Any], keyword: str, kind: str) -> Any:
 INT32 = (-(2**31), 2**31 - 1)
 
 
-def _columns(full: dict[str, Any], table: dict[str, tuple[str, str]], model: Any) -> dict[str, Any]:
+def _lengths(model: Any, table: dict[str, tuple[str, str]]) -> dict[str, int]:
+    """Length of each string column of ``table`` in ``model`` (read once, at import)."""
+    lengths = {column: getattr(model.__table__.c[column].type, "length", None) for column in table}
+    return {column: length for column, length in lengths.items() if length}
+
+
+_STUDY_LENGTHS = _lengths(Study, STUDY_COLUMNS)
+_SERIES_LENGTHS = _lengths(Series, SERIES_COLUMNS)
+_INSTANCE_LENGTHS = _lengths(Instance, INSTANCE_COLUMNS)
+
+
+def _columns(full: dict[str, Any], table: dict[str, tuple[str, str]], lengths: dict[str, int]) -> dict[str, Any]:
     """Index column values; text longer than its column is cut (the DICOM JSON keeps it whole)."""
     values = {column: _first(full, keyword, kind) for column, (keyword, kind) in table.items()}
-    for column, value in values.items():
-        length = getattr(model.__table__.c[column].type, "length", None)
-        if isinstance(value, str) and length and len(value) > length:
+    for column, length in lengths.items():
+        value = values[column]
+        if isinstance(value, str) and len(value) > length:
             values[column] = value[:length]
     return values
 
@@ -179,7 +190,7 @@ def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None]
                                  sop_class, sop)
     prefix = f"{BULK_PREFIX}/studies/{study_uid}/series/{series_uid}/instances/{sop}/bulkdata/"
     full = to_dicom_json(ds, prefix)
-    instance = _columns(full, INSTANCE_COLUMNS, Instance)
+    instance = _columns(full, INSTANCE_COLUMNS, _INSTANCE_LENGTHS)
     has_pixels = pixel is not None and pixel[0] == PIXEL_DATA
     if pixel is not None:
         full[pixel[0]] = {"vr": _pixel_vr(tsuid, instance["bits_allocated"]), "BulkDataURI": prefix + pixel[0]}
@@ -192,8 +203,8 @@ def _describe(ds: Dataset, tsuid: UID, pixel: tuple[str, int | None, int | None]
         instance["pixel_offset"] = instance["pixel_length"] = None
     return IndexEntry(
         study_uid=study_uid, series_uid=series_uid, sop_uid=sop,
-        study=_columns(full, STUDY_COLUMNS, Study),
-        series=_columns(full, SERIES_COLUMNS, Series),
+        study=_columns(full, STUDY_COLUMNS, _STUDY_LENGTHS),
+        series=_columns(full, SERIES_COLUMNS, _SERIES_LENGTHS),
         instance={"sop_class_uid": sop_class, "transfer_syntax": str(tsuid), **instance},
         study_attrs=orjson.dumps({k: v for k, v in full.items() if k in STUDY_TAGS}),
         series_attrs=orjson.dumps({k: v for k, v in full.items() if k in SERIES_TAGS}),
