@@ -14,8 +14,11 @@ No web framework here: services, the store and the CLI raise these; the app-leve
     ├── MethodNotAllowed         405
     ├── NotAcceptable            406
     ├── Conflict                 409
+    ├── Gone                     410
+    ├── PreconditionFailed       412
     ├── PayloadTooLarge          413
     ├── UnsupportedMediaType     415
+    ├── Unprocessable            422
     └── PeerUnavailable          502
 """
 
@@ -90,6 +93,21 @@ class Conflict(DrimhubError):
     issue_code = "conflict"
 
 
+class Gone(DrimhubError):
+    """The resource existed and was deleted (FHIR read of a deleted resource)."""
+
+    http_status = 410
+    issue_code = "deleted"
+
+
+class PreconditionFailed(DrimhubError):
+    """A condition of the request does not hold (stale ``If-Match``; a conditional write matching
+    more than one resource)."""
+
+    http_status = 412
+    issue_code = "conflict"
+
+
 class PayloadTooLarge(DrimhubError):
     """The request or the result is larger than the server accepts."""
 
@@ -102,6 +120,13 @@ class UnsupportedMediaType(DrimhubError):
 
     http_status = 415
     issue_code = "not-supported"
+
+
+class Unprocessable(DrimhubError):
+    """The body is well-formed but not a valid resource (FHIR 422: fails validation or a business rule)."""
+
+    http_status = 422
+    issue_code = "processing"
 
 
 class PeerUnavailable(DrimhubError):

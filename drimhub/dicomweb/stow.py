@@ -3,7 +3,9 @@
 Each part of the request is spooled to a temporary file while it arrives, its header parsed
 (pixel data never loaded), its blob moved into place, then its rows committed in a short
 transaction of their own: an instance reported in ReferencedSOPSequence is durably stored, and a
-failing part never affects the others.
+failing part never affects the others. The FHIR resources that follow from the instances (the
+study's Patient, a DiagnosticReport from an SR or encapsulated PDF) are written in that same
+transaction (:mod:`drimhub.fhir.derive`).
 
 Organisations: a new study belongs to the writer's organisation. An instance whose study (or
 whose SOP Instance UID) is stored under another organisation, or, for a ``patient/`` scope, that
@@ -27,6 +29,7 @@ from drimhub.dicomweb import multipart
 from drimhub.dicomweb.ingest import UnreadableInstance, parse_instance
 from drimhub.dicomweb.status import FailureReason, is_server_side, stow_http_status
 from drimhub.errors import InvalidRequest, UnsupportedMediaType
+from drimhub.fhir import derive
 from drimhub.store.access import PatientRef
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import write_session
@@ -319,7 +322,9 @@ class StoreService:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with write_session(self.sessions) as session:
-                    return store_instances(session, rows, self.overwrite, self.org, self.patient)
+                    results = store_instances(session, rows, self.overwrite, self.org, self.patient)
+                    derive.instances_stored(session, self.blobs, rows, results, self.org)
+                    return results
             except OperationalError as exc:
                 if attempt == ATTEMPTS or not is_transient(exc):
                     raise

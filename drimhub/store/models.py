@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, String, func
+from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String,
+                        UniqueConstraint, func)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 #: Longest PN value: 3 component groups of 5 components of 64 characters (PS3.5 Table 6.2-1).
@@ -48,6 +49,9 @@ class Study(Base):
     study_description: Mapped[str | None] = mapped_column(String(64))
     referring_physician_key: Mapped[str | None] = mapped_column(String(PN_LEN))
     institution_name: Mapped[str | None] = mapped_column(String(64))
+    #: Id of the FHIR Patient (same organisation) this study's patient module was merged into
+    #: when the study was first stored (ImagingStudy.subject).
+    patient_ref: Mapped[str | None] = mapped_column(String(64), index=True)
     attrs: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
@@ -110,3 +114,73 @@ class Instance(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+# --- FHIR resources stored as such (Patient, DiagnosticReport, Binary, Endpoint...) ------------
+# ImagingStudy is not among them: it is derived from the study / series / instance rows above.
+
+class FhirResource(Base):
+    """The current version of one FHIR resource (a deleted one keeps its row, ``deleted`` set).
+
+    ``content`` is the resource's JSON as served, ``meta.versionId`` and ``meta.lastUpdated``
+    included. A Binary's bytes are a blob (``blob_key``); its ``content`` holds the resource
+    without ``data``.
+    """
+
+    __tablename__ = "fhir_resource"
+    __table_args__ = (UniqueConstraint("type", "id"), Index("ix_fhir_resource_type_updated", "type", "last_updated"))
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    #: Organisation owning the resource (the ``org`` claim of the token that created it).
+    org: Mapped[str] = mapped_column(String(64), index=True)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default="0")
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)
+    blob_key: Mapped[str | None] = mapped_column(String(64))
+
+
+class FhirVersion(Base):
+    """One version of a resource, for vread and history (``content`` None: the delete)."""
+
+    __tablename__ = "fhir_version"
+    __table_args__ = (UniqueConstraint("resource_pk", "version"),
+                      Index("ix_fhir_version_type_updated", "type", "last_updated"))
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_pk: Mapped[int] = mapped_column(ForeignKey("fhir_resource.pk"))
+    type: Mapped[str] = mapped_column(String(40))
+    version: Mapped[int] = mapped_column(Integer)
+    last_updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: The interaction that made this version: ``POST``, ``PUT``, ``PATCH`` or ``DELETE``.
+    method: Mapped[str] = mapped_column(String(8))
+    content: Mapped[bytes | None] = mapped_column(LargeBinary)
+    blob_key: Mapped[str | None] = mapped_column(String(64))
+
+
+class FhirIndex(Base):
+    """One search-parameter value of the current version of a resource.
+
+    See :class:`drimhub.fhir.registry.IndexValue` for what each column holds per parameter type.
+    """
+
+    __tablename__ = "fhir_index"
+    __table_args__ = (
+        Index("ix_fhir_index_value", "type", "param", "value"),
+        Index("ix_fhir_index_ref", "param", "ref_type", "ref_id"),
+        Index("ix_fhir_index_date", "type", "param", "low"),
+    )
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    resource_pk: Mapped[int] = mapped_column(ForeignKey("fhir_resource.pk", ondelete="CASCADE"), index=True)
+    type: Mapped[str] = mapped_column(String(40))
+    param: Mapped[str] = mapped_column(String(64))
+    system: Mapped[str | None] = mapped_column(String(255))
+    value: Mapped[str | None] = mapped_column(String(255))
+    exact: Mapped[str | None] = mapped_column(String(255))
+    low: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    high: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ref_type: Mapped[str | None] = mapped_column(String(40))
+    ref_id: Mapped[str | None] = mapped_column(String(64))
