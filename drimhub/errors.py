@@ -18,6 +18,7 @@ No web framework here: services, the store and the CLI raise these; the app-leve
     ├── PreconditionFailed       412
     ├── PayloadTooLarge          413
     ├── UnsupportedMediaType     415
+    ├── RangeNotSatisfiable      416
     ├── Unprocessable            422
     └── PeerUnavailable          502
 """
@@ -127,6 +128,13 @@ class Unprocessable(DrimhubError):
 
     http_status = 422
     issue_code = "processing"
+
+
+class RangeNotSatisfiable(DrimhubError):
+    """A byte range lies outside the representation (RFC 9110 §15.5.17); ``content_range`` says its size."""
+
+    http_status = 416
+    issue_code = "invalid"
 
 
 class PeerUnavailable(DrimhubError):

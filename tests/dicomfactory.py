@@ -7,10 +7,12 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
-from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless,
-                         SecondaryCaptureImageStorage)
+from pydicom.uid import (UID, CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEGBaseline8Bit,
+                         RLELossless, SecondaryCaptureImageStorage)
 
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
@@ -157,4 +159,95 @@ def multipart(parts: list[bytes], part_type: str = "application/dicom") -> tuple
     return body, f'multipart/related; type="{part_type}"; boundary={boundary}'
 
 
-__all__ = ["ct", "pdf", "sr", "latin1_ct", "implicit_ct", "multipart", "new_uid", "Instance"]
+# --- images for the pixel services: codecs, photometric interpretations ------------------------
+
+#: kind → (samples, photometric, bits allocated, bits stored, signed)
+IMAGE_KINDS: dict[str, tuple[int, str, int, int, int]] = {
+    "ct": (1, "MONOCHROME2", 16, 12, 0),
+    "signed": (1, "MONOCHROME2", 16, 16, 1),
+    "gray8": (1, "MONOCHROME2", 8, 8, 0),
+    "mono1": (1, "MONOCHROME1", 8, 8, 0),
+    "rgb": (3, "RGB", 8, 8, 0),
+    "palette": (1, "PALETTE COLOR", 8, 8, 0),
+}
+
+
+def _image_array(kind: str, rows: int, cols: int, frames: int, seed: int) -> np.ndarray:
+    samples, _, bits, stored, signed = IMAGE_KINDS[kind]
+    rng = np.random.default_rng(seed)
+    low, high = (-(1 << (stored - 1)), 1 << (stored - 1)) if signed else (0, 1 << stored)
+    dtype = {(8, 0): np.uint8, (16, 0): np.uint16, (16, 1): np.int16}[(bits, signed)]
+    shape = (frames, rows, cols) + ((samples,) if samples > 1 else ())
+    return rng.integers(low, high, size=shape, dtype=dtype)
+
+
+def _palette(ds: Dataset) -> None:
+    """A 256-entry palette with 16-bit entries (PS3.3 C.7.6.3.1.5): red ramp up, green down, blue flat."""
+    ramp = np.arange(256, dtype=np.uint16) * 257
+    ds.RedPaletteColorLookupTableDescriptor = ds.GreenPaletteColorLookupTableDescriptor = \
+        ds.BluePaletteColorLookupTableDescriptor = [256, 0, 16]
+    ds.RedPaletteColorLookupTableData = ramp.tobytes()
+    ds.GreenPaletteColorLookupTableData = ramp[::-1].tobytes()
+    ds.BluePaletteColorLookupTableData = np.full(256, 0x8000, dtype=np.uint16).tobytes()
+
+
+def image(kind: str = "ct", transfer_syntax: str = ExplicitVRLittleEndian, *, study: str | None = None,
+          series: str | None = None, rows: int = 64, cols: int = 64, frames: int = 1, seed: int = 7,
+          arr: np.ndarray | None = None, **attrs: object) -> Instance:
+    """An image of ``kind`` (see :data:`IMAGE_KINDS`) stored in ``transfer_syntax``.
+
+    Compressed syntaxes are produced with pydicom's encoders (RLE, JPEG 2000, JPEG-LS) or Pillow
+    (JPEG baseline); ``frames`` of the result are the native bytes before compression.
+    """
+    study, series, sop = study or new_uid(), series or new_uid(), new_uid()
+    sop_class = CTImageStorage if kind in ("ct", "signed") else SecondaryCaptureImageStorage
+    ds = _base(study, series, sop, sop_class, **attrs)  # type: ignore[arg-type]
+    samples, photometric, bits, stored, signed = IMAGE_KINDS[kind]
+    data = _image_array(kind, rows, cols, frames, seed) if arr is None else arr
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = rows, cols, samples, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, stored, stored - 1, signed
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    if kind == "palette":
+        _palette(ds)
+    native = [data[i].tobytes() for i in range(frames)]
+    ds.PixelData = b"".join(native)
+    ds["PixelData"].VR = "OW" if bits > 8 else "OB"
+    if transfer_syntax == JPEGBaseline8Bit:
+        ds.PixelData = encapsulate([_pillow_jpeg(data[i]) for i in range(frames)])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        if samples == 3:
+            ds.PhotometricInterpretation = "YBR_FULL"
+        ds.LossyImageCompression = "01"
+    elif UID(transfer_syntax).is_compressed:
+        ds.compress(transfer_syntax, generate_instance_uid=False)
+    else:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    return Instance(_encode(ds), study, series, sop, sop_class, native)
+
+
+def _pillow_jpeg(frame: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="JPEG", quality=95, subsampling=0)
+    return buf.getvalue()
+
+
+def video(study: str | None = None, **attrs: object) -> Instance:
+    """A Video Photographic instance in MPEG-4 AVC/H.264 (4.102); the stream bytes are opaque here."""
+    study, series, sop = study or new_uid(), new_uid(), new_uid()
+    sop_class = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
+    ds = _base(study, series, sop, sop_class, modality="XC", **attrs)  # type: ignore[arg-type]
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 64, 64, 3, "YBR_PARTIAL_420"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PlanarConfiguration, ds.NumberOfFrames = 0, 10
+    stream = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8
+    ds.PixelData = encapsulate([stream])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
+    return Instance(_encode(ds), study, series, sop, sop_class, [stream])
+
+
+__all__ = ["ct", "pdf", "sr", "latin1_ct", "implicit_ct", "multipart", "new_uid", "Instance", "image", "video", "IMAGE_KINDS"]

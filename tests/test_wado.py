@@ -154,7 +154,7 @@ def test_drimbox_accept_list_picks_best_producible(client: FlaskClient, stored: 
     pytest.param(f"{DEFAULT_DICOM}; transfer-syntax=1.2.3.4.5.6.7", "study", id="PS3.18-8.7.8-unknown-syntax-406"),
     pytest.param("text/html", "study", id="PS3.18-8.7.8-text-html-406"),
     pytest.param("application/dicom", "study", id="PS3.18-8.7.8-single-part-study-406"),
-    pytest.param(f"{DEFAULT_DICOM}; transfer-syntax={RLELossless}", "study", id="PS3.18-8.7.8-no-transcoding-406"),
+    pytest.param(f"{DEFAULT_DICOM}; transfer-syntax=1.2.840.10008.1.2.4.70", "study", id="PS3.18-8.7.8-no-jpeg-lossless-encoder-406"),
     pytest.param("application/dicom+xml", "metadata", id="PS3.18-10.4.1.1.2-xml-metadata-406"),
     pytest.param("application/pdf", "frames", id="PS3.18-10.4.1.1.6-pdf-frames-406"),
 ])

@@ -19,11 +19,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.pixels import pixel_array
 
 from drimhub.dicomweb.attributes import BULK_VRS
-from drimhub.dicomweb.negotiation import NATIVE_LITTLE_ENDIAN, Selection, is_decoded
+from drimhub.dicomweb.negotiation import NATIVE_LITTLE_ENDIAN, Selection
+from drimhub.dicomweb.transcode import encode_frame
 from drimhub.errors import NotAcceptable, NotFound
 from drimhub.store.blobs import FileBlobStore, read_range
 from drimhub.store.retrieve import StoredInstance
@@ -158,13 +160,14 @@ def frame_chunks(blobs: BlobFiles, inst: StoredInstance, number: int, selection:
 
     A generator: nothing is read before the first ``next()``.
     """
-    found = _native_range(inst, number)
-    if found is not None:
-        yield from blobs.iter_range(inst.blob_key, found[0], found[1])
-    elif is_decoded(selection, inst.transfer_syntax) or inst.transfer_syntax in NATIVE_LITTLE_ENDIAN:
-        yield decoded_frame(blobs, inst, number)
-    else:
+    if selection.transfer_syntax == inst.transfer_syntax and inst.transfer_syntax not in NATIVE_LITTLE_ENDIAN:
         yield encapsulated_frame(blobs, inst, number)
+    elif selection.transfer_syntax not in NATIVE_LITTLE_ENDIAN:
+        yield transcoded_frame(blobs, inst, number, selection.transfer_syntax)
+    elif (found := _native_range(inst, number)) is not None:
+        yield from blobs.iter_range(inst.blob_key, found[0], found[1])
+    else:
+        yield decoded_frame(blobs, inst, number)
 
 
 def encapsulated_frame(blobs: BlobFiles, inst: StoredInstance, number: int) -> bytes:
@@ -187,6 +190,13 @@ def decoded_frame(blobs: BlobFiles, inst: StoredInstance, number: int) -> bytes:
     if inst.bits_allocated == 1:
         return np.packbits(arr.astype(np.uint8).ravel(), bitorder="little").tobytes()
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def transcoded_frame(blobs: BlobFiles, inst: StoredInstance, number: int, target: str) -> bytes:
+    """Frame ``number`` decoded, then encoded in ``target`` (PS3.18 §8.7.3.5, Table 8.7.3-5)."""
+    header = Dataset()
+    arr: np.ndarray[Any, Any] = pixel_array(blobs.file(inst.blob_key), index=number - 1, ds_out=header)
+    return encode_frame(arr, header, target)
 
 
 def pixel_data_length(inst: StoredInstance, selection: Selection) -> int | None:

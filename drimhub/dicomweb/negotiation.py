@@ -6,9 +6,11 @@ the representation of highest quality that this node can produce (PS3.18 §8.7.8
 Type" and §8.7.8.2 "Selected Transfer Syntax"). ``None`` means nothing acceptable can be produced
 (the caller answers 406).
 
-What the node produces today: the stored bytes (``transfer-syntax=*`` or the stored syntax named
-explicitly) and Explicit VR Little Endian from anything pydicom can decode. Transcoding into
-another compressed syntax is not offered.
+What the node produces: the stored bytes (``transfer-syntax=*`` or the stored syntax named
+explicitly), Explicit VR Little Endian from anything pydicom can decode, and the compressed
+syntaxes the caller says it can encode for that instance (``encodable``, from
+:mod:`drimhub.dicomweb.transcode`). Among the ranges the client accepts, the first by q-value
+(then specificity, then order) that can be produced wins (PS3.18 §8.7.8).
 """
 
 from __future__ import annotations
@@ -184,11 +186,15 @@ def can_decode(syntax: str) -> bool:
         return False
 
 
-def dicom_syntaxes(stored: str) -> tuple[str, ...]:
-    """Transfer syntaxes an application/dicom part can be sent in, for an instance stored in ``stored``."""
-    if stored in (EXPLICIT_VR_LE, EXPLICIT_VR_BE) or not can_decode(stored):
+def dicom_syntaxes(stored: str, encodable: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Transfer syntaxes an application/dicom part can be sent in, for an instance stored in ``stored``.
+
+    ``encodable`` lists the compressed syntaxes the instance's pixels can be encoded in.
+    """
+    if stored == EXPLICIT_VR_BE or not can_decode(stored):
         return (stored,)  # big endian is served as stored only (retired, PS3.5 A.3)
-    return (stored, EXPLICIT_VR_LE)  # PS3.18 §8.7.3.4 note 2: every server converts to EVRLE
+    # PS3.18 §8.7.3.4 note 2: every server converts to EVRLE
+    return tuple(dict.fromkeys((stored, EXPLICIT_VR_LE, *encodable)))
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,8 @@ class Selection:
         return f"{self.media_type}; transfer-syntax={self.transfer_syntax}"
 
 
-def select_dicom(ranges: list[MediaRange], stored: str, *, single_part: bool = False) -> Selection | None:
+def select_dicom(ranges: list[MediaRange], stored: str, *, single_part: bool = False,
+                 encodable: tuple[str, ...] = ()) -> Selection | None:
     """Representation of one instance stored in ``stored`` as ``application/dicom``.
 
     Parameters
@@ -215,13 +222,15 @@ def select_dicom(ranges: list[MediaRange], stored: str, *, single_part: bool = F
         The transfer syntax the instance is stored in.
     single_part : bool
         Whether a bare ``application/dicom`` (one instance, no multipart) is an acceptable answer.
+    encodable : tuple of str
+        Compressed syntaxes this instance can be transcoded to.
 
     Returns
     -------
     Selection or None
         None when no acceptable range can be produced.
     """
-    producible = dicom_syntaxes(stored)
+    producible = dicom_syntaxes(stored, encodable)
     for rng in ranges:
         if not _type_matches(rng.part, DICOM) or (not rng.multipart and not single_part):
             continue
@@ -233,18 +242,24 @@ def select_dicom(ranges: list[MediaRange], stored: str, *, single_part: bool = F
     return None
 
 
-def bulk_offers(stored: str) -> list[Selection]:
-    """What pixel data stored in ``stored`` can be sent as, the server's preference first."""
+def bulk_offers(stored: str, encodable: tuple[str, ...] = ()) -> list[Selection]:
+    """What pixel data stored in ``stored`` can be sent as, the server's preference first.
+
+    The stored frames, then native bytes, then the frames transcoded to each of ``encodable``
+    (in its order) when the stored ones can be decoded.
+    """
     offers: list[Selection] = []
     compressed = COMPRESSED_MEDIA_TYPES.get(stored)
     if compressed:
         offers.append(Selection(compressed, stored))  # the stored frames, as is (Table 8.7.3-5)
     if stored in NATIVE_LITTLE_ENDIAN or can_decode(stored):
         offers.append(Selection(OCTET_STREAM, BULK_DEFAULT_SYNTAX))  # Table 8.7.3-4
+        offers.extend(Selection(COMPRESSED_MEDIA_TYPES[s], s) for s in encodable if s != stored)
     return offers
 
 
-def select_bulk(ranges: list[MediaRange], stored: str, *, pixel_data: bool = True) -> Selection | None:
+def select_bulk(ranges: list[MediaRange], stored: str, *, pixel_data: bool = True,
+                encodable: tuple[str, ...] = ()) -> Selection | None:
     """Representation of pixel data (frames, bulk data) stored in ``stored``.
 
     ``transfer-syntax=*`` with ``application/octet-stream`` sends the stored bytes labelled with
@@ -258,7 +273,7 @@ def select_bulk(ranges: list[MediaRange], stored: str, *, pixel_data: bool = Tru
     Selection or None
         None when no acceptable range can be produced.
     """
-    offers = bulk_offers(stored) if pixel_data else [Selection(OCTET_STREAM, BULK_DEFAULT_SYNTAX)]
+    offers = bulk_offers(stored, encodable) if pixel_data else [Selection(OCTET_STREAM, BULK_DEFAULT_SYNTAX)]
     for rng in ranges:
         for offer in offers:
             if not _type_matches(rng.part, offer.media_type):

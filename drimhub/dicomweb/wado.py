@@ -29,6 +29,8 @@ from werkzeug.wsgi import ClosingIterator
 from drimhub.dicomweb.attributes import PIXEL_DATA
 from drimhub.dicomweb import frames as fr
 from drimhub.dicomweb import negotiation as neg
+from drimhub.dicomweb import transcode
+from drimhub.dicomweb.ranges import content_range, parse_range
 from drimhub.dicomweb.ingest import BULK_PREFIX
 from drimhub.dicomweb.multipart import new_boundary, write_parts
 from drimhub.errors import Forbidden, NotAcceptable, NotFound
@@ -116,12 +118,22 @@ def _multipart(parts: list[Part], part_type: str) -> WadoAnswer:
 
 # --- PS3.18 §10.4.1.1.1-3 Study, Series, Instance resources -------------------------------
 
+def encodable(inst: StoredInstance) -> tuple[str, ...]:
+    """Compressed syntaxes ``inst`` can be transcoded to (none when its pixels cannot be decoded)."""
+    if not neg.can_decode(inst.transfer_syntax):
+        return ()
+    return transcode.targets(inst.bits_allocated, inst.samples_per_pixel, inst.rows is not None)
+
+
 def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, accept: str | None, *,
-                       access: Access) -> WadoAnswer:
+                       access: Access, range_header: str | None = None) -> WadoAnswer:
     """The instances of a study, series or one instance as ``multipart/related; type="application/dicom"``.
 
-    The transfer syntax is chosen per instance (PS3.18 §8.7.8.2 note 1): as stored, or Explicit
-    VR Little Endian transcoded instance by instance while the answer streams.
+    The transfer syntax is chosen per instance (PS3.18 §8.7.8.2 note 1): the first range of
+    the Accept header, by q-value, whose syntax this node can produce for it: as stored,
+    Explicit VR Little Endian, or transcoded (:mod:`transcode`), instance by instance while the
+    answer streams. A single instance asked as a bare ``application/dicom`` and sent as stored
+    honours ``range_header`` (:mod:`ranges`).
 
     Raises
     ------
@@ -129,29 +141,52 @@ def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, acc
         Nothing in scope.
     NotAcceptable
         Some instance cannot be produced in any representation the client accepts.
+    RangeNotSatisfiable
+        The range starts past the end of the instance.
     """
     found = _instances(session, scope, access)
     ranges = neg.parse_accept(accept)
-    chosen: dict[str, neg.Selection] = {}
-    for stored in {inst.transfer_syntax for inst in found}:
-        selection = neg.select_dicom(ranges, stored, single_part=scope.sop is not None)
-        if selection is None:
-            raise NotAcceptable(f"instances stored in {stored} cannot be sent in any acceptable "
-                                "representation (this node sends them as stored or in Explicit VR Little Endian)")
-        chosen[stored] = selection
+    chosen: dict[tuple[str, tuple[str, ...]], neg.Selection] = {}
+    for inst in found:
+        key = (inst.transfer_syntax, encodable(inst))
+        if key not in chosen:
+            selection = neg.select_dicom(ranges, key[0], single_part=scope.sop is not None, encodable=key[1])
+            if selection is None:
+                raise NotAcceptable(f"instance {inst.sop_uid} stored in {key[0]} cannot be sent in any acceptable "
+                                    f"representation; this node can send it in {', '.join(neg.dicom_syntaxes(*key))}")
+            chosen[key] = selection
     files = fr.BlobFiles(blobs, [inst.blob_key for inst in found])
     parts: list[Part] = []
     for inst in found:
-        selection = chosen[inst.transfer_syntax]
+        selection = chosen[(inst.transfer_syntax, encodable(inst))]
         length = inst.size if selection.transfer_syntax == inst.transfer_syntax else None
         if length is None and inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:
             fr.check_decodable(inst, whole=True)
         parts.append((selection.content_type(), _instance_chunks(files, inst, selection.transfer_syntax), length))
     if not next(iter(chosen.values())).multipart:  # a bare application/dicom for one instance
-        ctype, chunks, length = parts[0]
-        headers = {"Content-Type": ctype} | ({"Content-Length": str(length)} if length is not None else {})
-        return _closing(WadoAnswer(200, headers, chunks), files)
+        return _closing(_single_part(files, found[0], parts[0], range_header), files)
     return _closing(_multipart(parts, neg.DICOM), files)
+
+
+def _single_part(files: fr.BlobFiles, inst: StoredInstance, part: Part, range_header: str | None) -> WadoAnswer:
+    """One instance as a bare ``application/dicom``; a byte range of it when sent as stored."""
+    ctype, chunks, length = part
+    if length is None:
+        return WadoAnswer(200, {"Content-Type": ctype}, chunks)
+    headers = {"Content-Type": ctype, "Accept-Ranges": "bytes"}
+    wanted = parse_range(range_header, length)
+    if wanted is None:
+        return WadoAnswer(200, headers | {"Content-Length": str(length)}, chunks)
+    first, last = wanted
+    headers |= {"Content-Range": content_range(first, last, length), "Content-Length": str(last - first + 1)}
+    return WadoAnswer(206, headers, _released(files, inst, files.iter_range(inst.blob_key, first, last - first + 1)))
+
+
+def _released(files: fr.BlobFiles, inst: StoredInstance, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    try:
+        yield from chunks
+    finally:
+        files.release(inst.blob_key)
 
 
 def _closing(answer: WadoAnswer, files: fr.BlobFiles) -> WadoAnswer:
@@ -169,10 +204,11 @@ def _instance_chunks(blobs: fr.BlobFiles, inst: StoredInstance, syntax: str) -> 
     try:
         if syntax == inst.transfer_syntax:
             yield from blobs.iter_range(inst.blob_key)
-        elif inst.transfer_syntax == neg.IMPLICIT_VR_LE and _pixel_data_is_last(inst):
+        elif (syntax == neg.EXPLICIT_VR_LE and inst.transfer_syntax == neg.IMPLICIT_VR_LE
+              and _pixel_data_is_last(inst)):
             yield from _implicit_to_explicit(blobs, inst)
         else:
-            yield from _chunked(_reencoded(blobs, inst))
+            yield from _chunked(transcode.transcode_instance(blobs.file(inst.blob_key), syntax))
     finally:
         blobs.release(inst.blob_key)
 
@@ -183,17 +219,11 @@ def _pixel_data_is_last(inst: StoredInstance) -> bool:
     return inst.pixel_offset + inst.pixel_length == inst.size
 
 
-def _without_group_lengths(ds: Dataset) -> None:
-    """Group lengths (gggg,0000) change with the VR encoding; they are retired (PS3.5 §7.2)."""
-    for tag in [elem.tag for elem in ds if elem.tag.element == 0]:
-        del ds[tag]
-
-
 def _implicit_to_explicit(blobs: fr.BlobFiles, inst: StoredInstance) -> Iterator[bytes]:
     """Implicit VR LE → Explicit VR LE without touching pixels: the header re-encoded by pydicom,
     then the stored Pixel Data value streamed from the blob behind an explicit OW header."""
     ds = dcmread(blobs.file(inst.blob_key), stop_before_pixels=True)
-    _without_group_lengths(ds)
+    transcode.without_group_lengths(ds)
     ds.file_meta.TransferSyntaxUID = neg.EXPLICIT_VR_LE
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
@@ -202,18 +232,6 @@ def _implicit_to_explicit(blobs: fr.BlobFiles, inst: StoredInstance) -> Iterator
         # (7FE0,0010) OW, 2 reserved bytes, 32-bit length (PS3.5 §7.1.2, Table 7.1-1)
         yield b"\xe0\x7f\x10\x00OW\x00\x00" + inst.pixel_length.to_bytes(4, "little")
         yield from blobs.iter_range(inst.blob_key, inst.pixel_offset, inst.pixel_length)
-
-
-def _reencoded(blobs: fr.BlobFiles, inst: StoredInstance) -> bytes:
-    """The whole instance decoded and written in Explicit VR Little Endian (one instance in memory)."""
-    ds = dcmread(blobs.file(inst.blob_key))
-    if "PixelData" in ds and ds.file_meta.TransferSyntaxUID.is_compressed:
-        ds.decompress(generate_instance_uid=False)  # same SOP Instance: a lossless change of encoding
-    _without_group_lengths(ds)
-    ds.file_meta.TransferSyntaxUID = neg.EXPLICIT_VR_LE
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def _chunked(data: bytes) -> Iterator[bytes]:
@@ -280,7 +298,7 @@ def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, number
     inst = _instances(session, scope, access)[0]
     fr.check_frames(inst, numbers)
     selection = _select_pixels(inst, accept)
-    if neg.is_decoded(selection, inst.transfer_syntax) and inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:
+    if selection.transfer_syntax != inst.transfer_syntax:
         fr.check_decodable(inst, whole=False)
     files = fr.BlobFiles(blobs, [inst.blob_key])
     parts: list[Part] = [(selection.content_type(), fr.frame_chunks(files, inst, n, selection),
@@ -289,9 +307,9 @@ def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, number
 
 
 def _select_pixels(inst: StoredInstance, accept: str | None) -> neg.Selection:
-    selection = neg.select_bulk(neg.parse_accept(accept), inst.transfer_syntax)
+    selection = neg.select_bulk(neg.parse_accept(accept), inst.transfer_syntax, encodable=encodable(inst))
     if selection is None:
-        offers = ", ".join(o.content_type() for o in neg.bulk_offers(inst.transfer_syntax)) or "nothing"
+        offers = ", ".join(o.content_type() for o in neg.bulk_offers(inst.transfer_syntax, encodable(inst))) or "nothing"
         raise NotAcceptable(f"pixel data stored in {inst.transfer_syntax} can be sent as: {offers}")
     return selection
 
@@ -327,7 +345,7 @@ def _bulkdata(files: fr.BlobFiles, inst: StoredInstance, tag: str, accept: str |
     """The answer of :func:`retrieve_bulkdata` for a found instance, read from ``files``."""
     if tag == PIXEL_DATA and inst.number_of_frames is not None:
         selection = _select_pixels(inst, accept)
-        if inst.transfer_syntax in neg.NATIVE_LITTLE_ENDIAN or neg.is_decoded(selection, inst.transfer_syntax):
+        if selection.media_type == neg.OCTET_STREAM:
             if inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:
                 fr.check_decodable(inst, whole=True)
             return _multipart([(selection.content_type(), fr.pixel_data_chunks(files, inst, selection),

@@ -83,6 +83,8 @@ def _handle_drimhub(exc: DrimhubError) -> Response:
     headers = {"Allow": ", ".join(exc.data["allow"])} if "allow" in exc.data else {}
     if "www_authenticate" in exc.data:  # RFC 6750 §3, on 401 and on 403 insufficient_scope
         headers["WWW-Authenticate"] = exc.data["www_authenticate"]
+    if "content_range" in exc.data:  # RFC 9110 §15.5.17, on 416
+        headers["Content-Range"] = exc.data["content_range"]
     return render_error(exc.http_status, exc.message, exc.issue_code, headers, exc.data.get("oauth_error"))
 
 
