@@ -286,6 +286,18 @@ def select_bulk(ranges: list[MediaRange], stored: str, *, pixel_data: bool = Tru
     return None
 
 
+def select_media_type(ranges: list[MediaRange], offers: tuple[str, ...]) -> str | None:
+    """The first of ``offers`` (media types without parameters) the best acceptable range takes.
+
+    A ``multipart/related`` range takes its ``type``; used for rendered resources (PS3.18 §8.7.4).
+    """
+    for rng in ranges:
+        for offer in offers:
+            if _type_matches(rng.part, offer):
+                return offer
+    return None
+
+
 def is_decoded(selection: Selection, stored: str) -> bool:
     """True when producing ``selection`` from ``stored`` needs a pixel decode."""
     return stored not in NATIVE_LITTLE_ENDIAN and selection.transfer_syntax != stored

@@ -13,11 +13,12 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
-from drimhub.dicomweb import delete, qido, wado
+from drimhub.dicomweb import delete, qido, rendered, wado
 from drimhub.dicomweb.query import Level, parse_query
 from drimhub.dicomweb.stow import StoreService
 from drimhub.server import auditctx, urls
-from drimhub.server.auth.policy import current_access, current_principal
+from drimhub.server.auth import policy
+from drimhub.server.auth.policy import Requirement, current_access, current_principal
 from drimhub.server.db import get_session, resources
 from drimhub.server.ops import STOW_INSTANCES
 from drimhub.store.access import Access
@@ -103,7 +104,7 @@ def _access_to(study: str) -> Access:
 def retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
     access = _access_to(study)
     return _answer(wado.retrieve_instances(get_session(), resources().blobs, wado.Scope(study, series, sop),
-                                           _accept(), access=access))
+                                           _accept(), access=access, range_header=request.headers.get("Range")))
 
 
 def retrieve_metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
@@ -138,6 +139,25 @@ bp.add_url_rule(_INSTANCE + "/bulkdata/<tag>", "bulkdata", retrieve_bulkdata, me
 bp.add_url_rule(_INSTANCE + "/frames/<frames:frames>", "frames", retrieve_frames, methods=["GET"])  # §10.4.1.1.6
 
 
+# --- PS3.18 §10.4.1.1.3-4 Rendered and Thumbnail resources ----------------------------------
+
+def retrieve_rendered(study: str, series: str | None = None, sop: str | None = None,
+                      frames: list[int] | None = None, thumbnail: bool = False) -> Response:
+    access = _access_to(study)
+    return _answer(rendered.retrieve_rendered(get_session(), resources().blobs, wado.Scope(study, series, sop), frames,
+                                              request.args, _accept(), access=access, thumbnail=thumbnail))
+
+
+#: (endpoint suffix, URL) of the four levels a rendered or thumbnail resource exists at.
+_RENDERED_LEVELS = (("study", _STUDY), ("series", _SERIES), ("instance", _INSTANCE),
+                    ("frames", _INSTANCE + "/frames/<frames:frames>"))
+RENDERED_ENDPOINTS = tuple(f"{level}_{kind}" for kind in ("rendered", "thumbnail") for level, _ in _RENDERED_LEVELS)
+for _level, _url in _RENDERED_LEVELS:
+    bp.add_url_rule(_url + "/rendered", f"{_level}_rendered", retrieve_rendered, methods=["GET"])  # §10.4.1.1.3
+    bp.add_url_rule(_url + "/thumbnail", f"{_level}_thumbnail", retrieve_rendered, methods=["GET"],  # §10.4.1.1.4
+                    defaults={"thumbnail": True})
+
+
 # --- DELETE (outside PS3.18: 204 No Content, as dcm4chee) and OPTIONS (RFC 9110 §9.3.7) ----
 
 def delete_resource(study: str, series: str | None = None, sop: str | None = None) -> Response:
@@ -160,4 +180,6 @@ bp.add_url_rule("/", "root_slash", options_root, methods=["OPTIONS"])
 
 
 def init_app(app: Flask) -> None:
+    for endpoint in RENDERED_ENDPOINTS:
+        policy.require(f"{bp.name}.{endpoint}", Requirement("ImagingStudy", "r"))
     app.register_blueprint(bp)

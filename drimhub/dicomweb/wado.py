@@ -98,14 +98,15 @@ def check_patient(ref: StudyRef, access: Access) -> None:
         raise Forbidden(f"study {ref.study_uid} is not of the patient in the access token's context")
 
 
-def _instances(session: Session, scope: Scope, access: Access) -> list[StoredInstance]:
+def find_instances(session: Session, scope: Scope, access: Access) -> list[StoredInstance]:
+    """The visible instances in scope, in retrieval order; :class:`NotFound` when there are none."""
     found = retrieve.instances(session, access, scope.study, scope.series, scope.sop)
     if not found:
         raise NotFound(f"no {scope.describe()}")
     return found
 
 
-def _multipart(parts: list[Part], part_type: str) -> WadoAnswer:
+def multipart_answer(parts: list[Part], part_type: str) -> WadoAnswer:
     """A multipart/related answer (PS3.18 §8.6.1.2); Content-Length when every part's is known."""
     boundary = new_boundary()
     headers = {"Content-Type": f'multipart/related; type="{part_type}"; boundary={boundary}'}
@@ -144,7 +145,7 @@ def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, acc
     RangeNotSatisfiable
         The range starts past the end of the instance.
     """
-    found = _instances(session, scope, access)
+    found = find_instances(session, scope, access)
     ranges = neg.parse_accept(accept)
     chosen: dict[tuple[str, tuple[str, ...]], neg.Selection] = {}
     for inst in found:
@@ -164,8 +165,8 @@ def retrieve_instances(session: Session, blobs: FileBlobStore, scope: Scope, acc
             fr.check_decodable(inst, whole=True)
         parts.append((selection.content_type(), _instance_chunks(files, inst, selection.transfer_syntax), length))
     if not next(iter(chosen.values())).multipart:  # a bare application/dicom for one instance
-        return _closing(_single_part(files, found[0], parts[0], range_header), files)
-    return _closing(_multipart(parts, neg.DICOM), files)
+        return closing_files(_single_part(files, found[0], parts[0], range_header), files)
+    return closing_files(multipart_answer(parts, neg.DICOM), files)
 
 
 def _single_part(files: fr.BlobFiles, inst: StoredInstance, part: Part, range_header: str | None) -> WadoAnswer:
@@ -189,7 +190,7 @@ def _released(files: fr.BlobFiles, inst: StoredInstance, chunks: Iterable[bytes]
         files.release(inst.blob_key)
 
 
-def _closing(answer: WadoAnswer, files: fr.BlobFiles) -> WadoAnswer:
+def closing_files(answer: WadoAnswer, files: fr.BlobFiles) -> WadoAnswer:
     """``answer`` whose body closes ``files`` when the response is closed (WSGI ``close()``, PEP 3333)."""
     assert not isinstance(answer.body, bytes)
     answer.body = ClosingIterator(answer.body, [files.close])
@@ -295,7 +296,7 @@ def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, number
     NotAcceptable
         The frames cannot be produced in any acceptable media type.
     """
-    inst = _instances(session, scope, access)[0]
+    inst = find_instances(session, scope, access)[0]
     fr.check_frames(inst, numbers)
     selection = _select_pixels(inst, accept)
     if selection.transfer_syntax != inst.transfer_syntax:
@@ -303,7 +304,7 @@ def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, number
     files = fr.BlobFiles(blobs, [inst.blob_key])
     parts: list[Part] = [(selection.content_type(), fr.frame_chunks(files, inst, n, selection),
                           fr.frame_length(inst, n, selection)) for n in numbers]
-    return _closing(_multipart(parts, selection.media_type), files)
+    return closing_files(multipart_answer(parts, selection.media_type), files)
 
 
 def _select_pixels(inst: StoredInstance, accept: str | None) -> neg.Selection:
@@ -332,10 +333,10 @@ def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag:
     if not _TAG.match(tag):
         raise NotFound(f"not a bulk data tag: {tag[:16]!r}")
     tag = tag.upper()
-    inst = _instances(session, scope, access)[0]
+    inst = find_instances(session, scope, access)[0]
     files = fr.BlobFiles(blobs, [inst.blob_key])
     try:
-        return _closing(_bulkdata(files, inst, tag, accept), files)
+        return closing_files(_bulkdata(files, inst, tag, accept), files)
     except BaseException:
         files.close()
         raise
@@ -348,12 +349,12 @@ def _bulkdata(files: fr.BlobFiles, inst: StoredInstance, tag: str, accept: str |
         if selection.media_type == neg.OCTET_STREAM:
             if inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:
                 fr.check_decodable(inst, whole=True)
-            return _multipart([(selection.content_type(), fr.pixel_data_chunks(files, inst, selection),
+            return multipart_answer([(selection.content_type(), fr.pixel_data_chunks(files, inst, selection),
                                 fr.pixel_data_length(inst, selection))], neg.OCTET_STREAM)
-        return _multipart([(selection.content_type(), fr.frame_chunks(files, inst, n, selection), None)
+        return multipart_answer([(selection.content_type(), fr.frame_chunks(files, inst, n, selection), None)
                            for n in range(1, inst.number_of_frames + 1)], selection.media_type)
     octet = neg.select_bulk(neg.parse_accept(accept), inst.transfer_syntax, pixel_data=False)
     if octet is None:
         raise NotAcceptable("bulk data is available as application/octet-stream only")
     value = fr.read_element(files, inst, tag)  # read now: a missing element is a 404, not a broken stream
-    return _multipart([(octet.content_type(), [value], len(value))], neg.OCTET_STREAM)
+    return multipart_answer([(octet.content_type(), [value], len(value))], neg.OCTET_STREAM)
