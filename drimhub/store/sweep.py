@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from drimhub.store.blobs import FileBlobStore
-from drimhub.store.models import Instance
+from drimhub.store.models import FhirVersion, Instance
 
 
 def sweep(sessions: sessionmaker[Session], blobs: FileBlobStore, min_age: float) -> tuple[int, int]:
@@ -25,6 +25,9 @@ def sweep(sessions: sessionmaker[Session], blobs: FileBlobStore, min_age: float)
     """
     def referenced(keys: Iterable[str]) -> set[str]:
         with sessions() as session:
-            return set(session.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(list(keys)))))
+            batch = list(keys)
+            found = set(session.scalars(select(Instance.blob_key).where(Instance.blob_key.in_(batch))))
+            # FHIR Binary bytes: every version keeps its blob (vread, history)
+            return found | set(session.scalars(select(FhirVersion.blob_key).where(FhirVersion.blob_key.in_(batch))))
 
     return blobs.sweep(referenced, min_age)
