@@ -16,7 +16,7 @@ syntaxes the caller says it can encode for that instance (``encodable``, from
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
@@ -280,9 +280,9 @@ def select_bulk(ranges: list[MediaRange], stored: str, *, pixel_data: bool = Tru
                 continue
             wanted = rng.syntax
             if wanted == AS_STORED:
-                return Selection(offer.media_type, stored if pixel_data else offer.transfer_syntax)
+                return Selection(offer.media_type, stored if pixel_data else offer.transfer_syntax, rng.multipart)
             if wanted is None or wanted == offer.transfer_syntax:
-                return offer
+                return replace(offer, multipart=rng.multipart)
     return None
 
 

@@ -47,12 +47,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise _unsatisfiable(size)
         return max(0, size - length), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None  # invalid range-spec: ignored (RFC 9110 §14.1.1)
     if start >= size:
         raise _unsatisfiable(size)
-    return start, min(end, size - 1)
+    return start, min(int(last) if last else size - 1, size - 1)
 
 
 def _unsatisfiable(size: int) -> RangeNotSatisfiable:

@@ -91,7 +91,7 @@ def _answer(answer: wado.WadoAnswer) -> Response:
     return Response(answer.body, status=answer.status, headers=answer.headers)
 
 
-def _access_to(study: str) -> Access:
+def access_to(study: str) -> Access:
     """The caller's access, once it is known to cover ``study``: 404 when the study is not visible
     to its organisations, 403 when it is another patient's than a ``patient/`` scope's (noted)."""
     access = current_access()
@@ -102,28 +102,28 @@ def _access_to(study: str) -> Access:
 
 
 def retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
-    access = _access_to(study)
+    access = access_to(study)
     return _answer(wado.retrieve_instances(get_session(), resources().blobs, wado.Scope(study, series, sop),
                                            _accept(), access=access, range_header=request.headers.get("Range")))
 
 
 def retrieve_metadata(study: str, series: str | None = None, sop: str | None = None) -> Response:
-    access = _access_to(study)
+    access = access_to(study)
     gzip_ok = request.accept_encodings.quality("gzip") > 0
     return _answer(wado.retrieve_metadata(get_session(), wado.Scope(study, series, sop), base_url(), _accept(),
                                           request.headers.get("If-None-Match"), gzip_ok, access=access))
 
 
 def retrieve_frames(study: str, series: str, sop: str, frames: list[int]) -> Response:
-    access = _access_to(study)
+    access = access_to(study)
     return _answer(wado.retrieve_frames(get_session(), resources().blobs, wado.Scope(study, series, sop), frames,
                                         _accept(), access=access))
 
 
 def retrieve_bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
-    access = _access_to(study)
+    access = access_to(study)
     return _answer(wado.retrieve_bulkdata(get_session(), resources().blobs, wado.Scope(study, series, sop), tag,
-                                          _accept(), access=access))
+                                          _accept(), access=access, range_header=request.headers.get("Range")))
 
 
 _STUDY = "/studies/<uid:study>"
@@ -143,7 +143,7 @@ bp.add_url_rule(_INSTANCE + "/frames/<frames:frames>", "frames", retrieve_frames
 
 def retrieve_rendered(study: str, series: str | None = None, sop: str | None = None,
                       frames: list[int] | None = None, thumbnail: bool = False) -> Response:
-    access = _access_to(study)
+    access = access_to(study)
     return _answer(rendered.retrieve_rendered(get_session(), resources().blobs, wado.Scope(study, series, sop), frames,
                                               request.args, _accept(), access=access, thumbnail=thumbnail))
 
@@ -161,7 +161,7 @@ for _level, _url in _RENDERED_LEVELS:
 # --- DELETE (outside PS3.18: 204 No Content, as dcm4chee) and OPTIONS (RFC 9110 §9.3.7) ----
 
 def delete_resource(study: str, series: str | None = None, sop: str | None = None) -> Response:
-    res, access = resources(), _access_to(study)
+    res, access = resources(), access_to(study)
     delete.delete(res.sessions, res.blobs, access, study, series, sop)
     return Response(status=204)
 

@@ -18,7 +18,7 @@ import gzip
 import hashlib
 import io
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
@@ -174,13 +174,20 @@ def _single_part(files: fr.BlobFiles, inst: StoredInstance, part: Part, range_he
     ctype, chunks, length = part
     if length is None:
         return WadoAnswer(200, {"Content-Type": ctype}, chunks)
+    return _ranged(ctype, length, chunks, lambda first, size: _released(files, inst, files.iter_range(
+        inst.blob_key, first, size)), range_header)
+
+
+def _ranged(ctype: str, length: int, whole: Iterable[bytes], read: Callable[[int, int], Iterable[bytes]],
+            range_header: str | None) -> WadoAnswer:
+    """A single-part answer of known ``length``: ``whole``, or the range ``read(first, size)`` (206)."""
     headers = {"Content-Type": ctype, "Accept-Ranges": "bytes"}
     wanted = parse_range(range_header, length)
     if wanted is None:
-        return WadoAnswer(200, headers | {"Content-Length": str(length)}, chunks)
+        return WadoAnswer(200, headers | {"Content-Length": str(length)}, whole)
     first, last = wanted
     headers |= {"Content-Range": content_range(first, last, length), "Content-Length": str(last - first + 1)}
-    return WadoAnswer(206, headers, _released(files, inst, files.iter_range(inst.blob_key, first, last - first + 1)))
+    return WadoAnswer(206, headers, read(first, last - first + 1))
 
 
 def _released(files: fr.BlobFiles, inst: StoredInstance, chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -316,12 +323,13 @@ def _select_pixels(inst: StoredInstance, accept: str | None) -> neg.Selection:
 
 
 def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag: str,
-                      accept: str | None, *, access: Access) -> WadoAnswer:
+                      accept: str | None, *, access: Access, range_header: str | None = None) -> WadoAnswer:
     """The value of one top-level bulk data element, as the BulkDataURIs of the metadata name it.
 
     Pixel Data comes from the blob range as one native part, or as one part per compressed
     frame when the client takes the stored media type (PS3.18 §8.6.1.2); other elements are read
-    with pydicom.
+    with pydicom. A bare ``application/octet-stream`` (no multipart) gets a single-part answer
+    where its length is known, and honours ``range_header`` (:mod:`ranges`).
 
     Raises
     ------
@@ -336,19 +344,25 @@ def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag:
     inst = find_instances(session, scope, access)[0]
     files = fr.BlobFiles(blobs, [inst.blob_key])
     try:
-        return closing_files(_bulkdata(files, inst, tag, accept), files)
+        return closing_files(_bulkdata(files, inst, tag, accept, range_header), files)
     except BaseException:
         files.close()
         raise
 
 
-def _bulkdata(files: fr.BlobFiles, inst: StoredInstance, tag: str, accept: str | None) -> WadoAnswer:
+def _bulkdata(files: fr.BlobFiles, inst: StoredInstance, tag: str, accept: str | None,
+              range_header: str | None) -> WadoAnswer:
     """The answer of :func:`retrieve_bulkdata` for a found instance, read from ``files``."""
     if tag == PIXEL_DATA and inst.number_of_frames is not None:
         selection = _select_pixels(inst, accept)
         if selection.media_type == neg.OCTET_STREAM:
             if inst.transfer_syntax not in neg.NATIVE_LITTLE_ENDIAN:
                 fr.check_decodable(inst, whole=True)
+            length = fr.pixel_data_length(inst, selection)
+            if not selection.multipart and length is not None and inst.pixel_offset is not None:
+                start = inst.pixel_offset
+                return _ranged(selection.content_type(), length, fr.pixel_data_chunks(files, inst, selection),
+                               lambda first, size: files.iter_range(inst.blob_key, start + first, size), range_header)
             return multipart_answer([(selection.content_type(), fr.pixel_data_chunks(files, inst, selection),
                                 fr.pixel_data_length(inst, selection))], neg.OCTET_STREAM)
         return multipart_answer([(selection.content_type(), fr.frame_chunks(files, inst, n, selection), None)
@@ -357,4 +371,7 @@ def _bulkdata(files: fr.BlobFiles, inst: StoredInstance, tag: str, accept: str |
     if octet is None:
         raise NotAcceptable("bulk data is available as application/octet-stream only")
     value = fr.read_element(files, inst, tag)  # read now: a missing element is a 404, not a broken stream
+    if not octet.multipart:
+        return _ranged(octet.content_type(), len(value), [value],
+                       lambda first, size: [value[first:first + size]], range_header)
     return multipart_answer([(octet.content_type(), [value], len(value))], neg.OCTET_STREAM)

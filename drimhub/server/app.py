@@ -43,11 +43,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     from drimhub.conformance import routes as conformance_routes
     from drimhub.dicomweb import routes as dicomweb_routes
+    from drimhub.dicomweb import uri_routes as wado_uri_routes
     from drimhub.fhir import audit_routes
     from drimhub.fhir import routes as fhir_routes
     from drimhub.server.auth import routes as auth_routes
 
     dicomweb_routes.init_app(app)
+    wado_uri_routes.init_app(app)
     audit_routes.init_app(app)
     fhir_routes.init_app(app)
     conformance_routes.init_app(app)
