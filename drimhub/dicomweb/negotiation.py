@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
+from drimhub.errors import NotAcceptable
+
 EXPLICIT_VR_LE = "1.2.840.10008.1.2.1"
 IMPLICIT_VR_LE = "1.2.840.10008.1.2"
 DEFLATED_EXPLICIT_VR_LE = "1.2.840.10008.1.2.1.99"
@@ -311,3 +313,22 @@ JSON_TYPES = ("application/dicom+json", "application/json")
 def accepts_json(ranges: list[MediaRange]) -> bool:
     """True when some range accepts DICOM JSON (``multipart/related`` ranges do not)."""
     return any(not rng.type.startswith("multipart/") and any(_type_matches(rng.type, t) for t in JSON_TYPES) for rng in ranges)
+
+
+def metadata_format(ranges: list[MediaRange]) -> bool:
+    """Whether metadata goes out as multipart DICOM XML (True) rather than DICOM JSON (False).
+
+    The first range, best first, that takes either decides (PS3.18 §10.4.1.1.2, Table 8.7.3-1).
+
+    Raises
+    ------
+    NotAcceptable
+        No range takes DICOM JSON or ``multipart/related; type="application/dicom+xml"``.
+    """
+    for rng in ranges:
+        if rng.type == MULTIPART and rng.part == "application/dicom+xml":
+            return True
+        if accepts_json([rng]):
+            return False
+    raise NotAcceptable('metadata is available as application/dicom+json or multipart/related; '
+                        'type="application/dicom+xml"')

@@ -34,7 +34,8 @@ from pydicom.datadict import dictionary_VR
 from sqlalchemy.orm import Session
 
 from drimhub.dicomweb.attributes import INSTANCE_RETURN, SERIES_RETURN, STUDY_RETURN
-from drimhub.dicomweb.negotiation import parse_accept
+from drimhub.dicomweb.negotiation import MULTIPART, parse_accept
+from drimhub.dicomweb.xml import DICOM_XML
 from drimhub.dicomweb.query import Level, QueryExpression, Single, Universal
 from drimhub.errors import Forbidden, NotAcceptable
 from drimhub.store import qido as store
@@ -95,20 +96,25 @@ def response_media_type(accept: str | None) -> str:
     Returns
     -------
     str
-        ``application/dicom+json``, or ``application/json`` when the client prefers it.
+        ``application/dicom+json``, ``application/json`` when the client prefers it, or
+        ``application/dicom+xml`` for ``multipart/related; type="application/dicom+xml"``
+        (PS3.18 §8.7.3.2, one Native DICOM Model part per match).
 
     Raises
     ------
     NotAcceptable
-        The client accepts neither (e.g. ``application/dicom+xml`` only, PS3.18 §8.7.3).
+        The client accepts none of them (PS3.18 §8.7.3).
     """
     for media_range in parse_accept(accept):  # best first, one Accept rule for every service
+        if media_range.type == MULTIPART and media_range.part == DICOM_XML:
+            return DICOM_XML
         if media_range.multipart and media_range.type != "*/*":
             continue
         for media_type in MEDIA_TYPES:
             if media_range.type in (media_type, "*/*", media_type.split("/")[0] + "/*"):
                 return media_type
-    raise NotAcceptable(f"search results are available as {' or '.join(MEDIA_TYPES)}, not {accept[:100]!r}")
+    raise NotAcceptable(f"search results are available as {' or '.join(MEDIA_TYPES)} or multipart/related; "
+                        f"type=\"{DICOM_XML}\", not {accept[:100]!r}")
 
 
 def warning_header(agent: str, text: str) -> str:

@@ -347,7 +347,8 @@ def _includefields(args: Args) -> tuple[tuple[str, ...], bool]:
     return tuple(dict.fromkeys(tags)), include_all
 
 
-_PARAMETERS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})  # PS3.18 Table 8.3.4-1
+# PS3.18 Table 8.3.4-1; accept and charset are the §8.3.3 media type parameters, read by the view
+_PARAMETERS = frozenset({"limit", "offset", "fuzzymatching", "includefield", "accept", "charset"})
 
 
 def parse_query(level: Level, args: Args, study_uid: str | None = None,

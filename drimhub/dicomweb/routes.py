@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
-from drimhub.dicomweb import delete, qido, rendered, wado
+from drimhub.dicomweb import delete, qido, rendered, wado, xml
 from drimhub.dicomweb.query import Level, parse_query
 from drimhub.dicomweb.stow import StoreService
 from drimhub.server import auditctx, urls
@@ -58,12 +58,15 @@ bp.add_url_rule("/studies/<uid:study>", "store_study", store, methods=["POST"])
 # --- PS3.18 §10.6 Search (QIDO-RS) ----------------------------------------------------------
 
 def search(level: str, study: str | None = None, series: str | None = None) -> Response:
-    media_type = qido.response_media_type(request.headers.get("Accept"))
+    media_type = qido.response_media_type(_accept())
     expr = parse_query(Level[level.upper()], request.args, study, series)
     result = qido.search(get_session(), expr, base_url(), current_app.config["QIDO_MAX_RESULTS"], current_access())
     for patient, issuer, study_uid in sorted(result.touched, key=str):
         auditctx.involve(patient, study_uid, issuer)
-    response = Response(orjson.dumps(result.matches), mimetype=media_type)
+    if media_type == xml.DICOM_XML:
+        response = _answer(wado.multipart_answer(xml.parts(result.matches), xml.DICOM_XML))
+    else:
+        response = Response(orjson.dumps(result.matches), mimetype=media_type)
     for text in result.warnings:
         response.headers.add("Warning", qido.warning_header(request.host, text))
     return response

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+import orjson
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
@@ -30,6 +31,7 @@ from drimhub.dicomweb.attributes import PIXEL_DATA
 from drimhub.dicomweb import frames as fr
 from drimhub.dicomweb import negotiation as neg
 from drimhub.dicomweb import transcode
+from drimhub.dicomweb import xml as dicom_xml
 from drimhub.dicomweb.ranges import content_range, parse_range
 from drimhub.dicomweb.ingest import BULK_PREFIX
 from drimhub.dicomweb.multipart import new_boundary, write_parts
@@ -252,7 +254,10 @@ def _chunked(data: bytes) -> Iterator[bytes]:
 
 def retrieve_metadata(session: Session, scope: Scope, base: str, accept: str | None,
                       if_none_match: str | None = None, gzip_ok: bool = False, *, access: Access) -> WadoAnswer:
-    """DICOM JSON (PS3.18 §F.2) of every instance in scope, from the stored JSON.
+    """DICOM JSON (PS3.18 §F.2) of every instance in scope, from the stored JSON; or DICOM XML.
+
+    ``multipart/related; type="application/dicom+xml"`` preferred to JSON in the Accept header
+    gets one Native DICOM Model document per instance (:mod:`xml`, PS3.19 §A.1), without ETag.
 
     The stored objects are concatenated as they are, the ``drimhub-base:`` prefix of their
     BulkDataURIs replaced by ``base``; no JSON is parsed. The ETag hashes the base URL and the
@@ -263,13 +268,16 @@ def retrieve_metadata(session: Session, scope: Scope, base: str, accept: str | N
     NotFound
         Nothing in scope.
     NotAcceptable
-        The client accepts no JSON.
+        The client accepts neither JSON nor multipart XML.
     """
-    if not neg.accepts_json(neg.parse_accept(accept)):
-        raise NotAcceptable("metadata is available as application/dicom+json only")
+    as_xml = neg.metadata_format(neg.parse_accept(accept))
     rows = retrieve.metadata(session, access, scope.study, scope.series, scope.sop)
     if not rows:
         raise NotFound(f"no {scope.describe()}")
+    old = b'"BulkDataURI":"' + BULK_PREFIX.encode()
+    if as_xml:  # PS3.18 §10.4.1.1.2: one Native DICOM Model part per instance
+        datasets = (orjson.loads(row[2].replace(old, b'"BulkDataURI":"' + base.encode())) for row in rows)
+        return multipart_answer(dicom_xml.parts(datasets), dicom_xml.DICOM_XML)
     digest = hashlib.blake2b(base.encode(), digest_size=16)
     for pk, sha, _ in rows:
         digest.update(f"{pk}:{sha};".encode())
@@ -277,7 +285,6 @@ def retrieve_metadata(session: Session, scope: Scope, base: str, accept: str | N
     headers = {"ETag": etag, "Vary": "Accept, Accept-Encoding", "Cache-Control": "private, no-cache"}
     if if_none_match and (if_none_match.strip() == "*" or etag in _etags(if_none_match)):
         return WadoAnswer(304, headers)  # RFC 9110 §13.1.2
-    old = b'"BulkDataURI":"' + BULK_PREFIX.encode()
     body = (b"[" + b",".join(row[2] for row in rows) + b"]").replace(old, b'"BulkDataURI":"' + base.encode())
     headers["Content-Type"] = DICOM_JSON
     if gzip_ok and len(body) > 1024:
