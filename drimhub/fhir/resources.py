@@ -146,8 +146,11 @@ def _write(session: Session, blobs: FileBlobStore, row: FhirResource | None, typ
 
 
 def create(session: Session, blobs: FileBlobStore, resource: dict[str, Any], org: str,
-           method: str = "POST") -> Stored:
+           method: str = "POST", *, id_: str | None = None) -> Stored:
     """Validate ``resource`` (R4B model), give it a new id and ``meta``, store version 1 and index it.
+
+    ``id_`` is an id assigned beforehand (a transaction resolving ``urn:uuid`` references); a
+    new UUID otherwise.
 
     Raises
     ------
@@ -155,7 +158,12 @@ def create(session: Session, blobs: FileBlobStore, resource: dict[str, Any], org
         Not a valid resource of a stored type (422, with the validation error in the message).
     """
     type_ = validate(resource)
-    return _write(session, blobs, None, type_, str(uuid.uuid4()), resource, org, method)
+    return _write(session, blobs, None, type_, id_ or new_id(), resource, org, method)
+
+
+def new_id() -> str:
+    """A server-assigned logical id (UUID 4)."""
+    return str(uuid.uuid4())
 
 
 def _criteria_key(type_: str, criteria: str) -> str:
@@ -377,7 +385,7 @@ def create_binary(session: Session, blobs: FileBlobStore, content_type: str, chu
     """A Binary whose bytes come from ``chunks`` (an iterable of bytes, streamed to a blob, never
     held whole); ``content`` has ``contentType`` and no ``data``. Served at ``Binary/{id}``."""
     key = _spool(blobs, chunks)[0]
-    id_ = str(uuid.uuid4())
+    id_ = new_id()
     moment = datetime.now(timezone.utc)
     content = {"resourceType": "Binary", "id": id_, "meta": {"versionId": "1", "lastUpdated": instant(moment)},
                "contentType": content_type}

@@ -32,6 +32,12 @@ Scopes (SMART v2, v1 ``.read``/``.write``/``.*`` accepted)
     PatientID, or ``issuer|id``) restricts the request to that patient's studies; a mismatch is a
     403, never an empty or partial answer (Argonaut SMART Imaging Access); no ``patient`` claim is
     a 403. A ``user/`` or ``system/`` grant of the same permission is not restricted.
+FHIR (``/fhir``)
+    One generic view per URL pattern serves every type: its rule names the permission and takes
+    the type from the URL (:data:`FROM_URL`): read, vread and instance history ``r``; search and
+    type history ``s``; create ``c``; update and patch ``u``; delete ``d`` (Binary read is
+    ``Binary.r``, as SMART has it). A batch or transaction is authorised entry by entry
+    (:data:`PER_ENTRY`): one entry the token may not carry out refuses a transaction whole.
 Organisations
     A token acts for its ``org``; it finds, reads, writes and deletes only that organisation's
     studies (another organisation's study is a 404 on WADO and DELETE, absent from QIDO, refused
@@ -65,9 +71,20 @@ PUBLIC_RULES = frozenset({"/healthz", "/readyz", "/fhir/metadata"})
 PUBLIC_PREFIXES = ("/oauth/", "/.well-known/", "/fhir/.well-known/", "/conformance/")
 
 
+#: :attr:`Requirement.resource` of the generic FHIR views: the type named in the URL (view
+#: argument ``type_``), resolved by :func:`enforce` for each request.
+FROM_URL = "{type}"
+#: :attr:`Requirement.resource` of ``POST /fhir`` (batch, transaction): the view authorises each
+#: entry with :func:`authorize_entry`; :func:`enforce` only authenticates.
+PER_ENTRY = "{entry}"
+
+
 @dataclass(frozen=True)
 class Requirement:
-    """What a token must grant: a SMART permission letter on a resource type, or a plain scope."""
+    """What a token must grant: a SMART permission letter on a resource type, or a plain scope.
+
+    ``resource`` may be :data:`FROM_URL` (the FHIR type of the URL) or :data:`PER_ENTRY`.
+    """
 
     resource: str | None = None
     permission: str | None = None
@@ -161,7 +178,16 @@ def enforce() -> None:
     if requirement is None:
         log.error("endpoint %s has no access rule: refused", request.endpoint)
         raise Forbidden("no access rule is defined for this endpoint")
+    if requirement.resource == PER_ENTRY:
+        return  # the view calls authorize_entry for each entry; current_access() fails closed meanwhile
+    if requirement.resource == FROM_URL:
+        requirement = Requirement(str((request.view_args or {}).get("type_")), requirement.permission)
     g.access = authorize(g.principal, requirement)
+
+
+def authorize_entry(resource: str, permission: str) -> Access:
+    """The access of the current caller for one entry of a batch or transaction (403 if refused)."""
+    return authorize(current_principal(), Requirement(resource, permission))
 
 
 def current_access() -> Access:
