@@ -32,8 +32,9 @@ STATEMENT: tuple[Row, ...] = (
         "failure. The same bytes sent again: success, nothing written."),
     Row("10.6", "Search (QIDO-RS): the six search URLs", "supported",
         "/studies, /series, /instances, /studies/{s}/series, /studies/{s}/instances, "
-        "/studies/{s}/series/{se}/instances; application/dicom+json (application/json accepted); "
-        "no match: 200 with []."),
+        "/studies/{s}/series/{se}/instances; application/dicom+json (application/json accepted), or "
+        'multipart/related; type="application/dicom+xml" (PS3.19 Native DICOM Model, one part per match) by '
+        "Accept or the accept= parameter; no match: 200 with []."),
     Row("8.3.4", "Query parameters: attributes by keyword or tag, includefield, limit, offset", "supported",
         "Single value, wildcard * and ?, date/time ranges (open ranges too), UID lists, universal matching. "
         "PatientName and ReferringPhysicianName match case- and accent-insensitively; other strings exactly. "
@@ -44,19 +45,36 @@ STATEMENT: tuple[Row, ...] = (
         "word of the name, in any order, ignoring case and accents (anne dur finds DURAND^Anne); a value "
         "with wildcards stays a wildcard match."),
     Row("10.4.1.1.1", "Retrieve study, series, instance (WADO-RS)", "supported",
-        'multipart/related; type="application/dicom", streamed. transfer-syntax=* serves as stored; the '
-        "default is Explicit VR Little Endian (compressed instances are decompressed); other syntaxes: 406 "
-        "until transcoding lands."),
+        'multipart/related; type="application/dicom", streamed instance by instance; a single instance also '
+        "as a bare application/dicom, with byte ranges (206/416) when sent as stored. transfer-syntax=* "
+        "serves as stored; the default is Explicit VR Little Endian. Decoded: Implicit/Explicit VR LE, "
+        "Deflated, JPEG 4.50/4.51/4.57/4.70, JPEG-LS 4.80/4.81, JPEG 2000 4.90/4.91, HTJ2K 4.201-4.203, "
+        "RLE 1.2.5. Encoded: Explicit VR LE, RLE Lossless, JPEG 2000 Lossless, JPEG-LS Lossless (bit-exact), "
+        "and JPEG Baseline 4.50 (8-bit only, when named; Lossy Image Compression attributes set, SOP "
+        "Instance UID kept). The first syntax by q-value that can be produced wins; otherwise 406."),
     Row("10.4.1.1.2", "Retrieve metadata (study, series, instance)", "supported",
         "application/dicom+json with bulk data as BulkDataURI, served from the stored JSON without reading "
-        "the files; ETag, and 304 on If-None-Match."),
-    Row("10.4.1.1.5", "Retrieve bulk data", "supported", "Every BulkDataURI the metadata hands out answers."),
+        "the files; ETag, and 304 on If-None-Match. Also multipart/related; type=\"application/dicom+xml\" "
+        "(PS3.19), one part per instance."),
+    Row("10.4.1.1.5", "Retrieve bulk data", "supported",
+        "Every BulkDataURI the metadata hands out answers; a bare application/octet-stream gets one part "
+        "with byte ranges (Range: bytes=a-b, a-, -n; 206, 416)."),
     Row("10.4.1.1.6", "Retrieve frames", "supported",
         "application/octet-stream for native pixel data; compressed frames as stored when accepted, "
-        "decoded otherwise. A frame past the end: 404."),
-    Row("10.4.1.1.3", "Rendered and thumbnail resources", "not supported", "Planned (pixels issue)."),
+        "decoded otherwise, or transcoded to image/jp2, image/jls, image/dicom-rle and (8-bit) image/jpeg. "
+        "A frame past the end: 404."),
+    Row("10.4.1.1.3-4", "Rendered and thumbnail resources (study, series, instance, frames)", "supported",
+        "image/jpeg (default), image/png, image/gif (animated for a multi-frame instance); quality, viewport "
+        "(with source region), window=center,width,linear|linear-exact|sigmoid; annotation accepted and "
+        "ignored. Modality LUT, VOI LUT or the file's first window, MONOCHROME1 inverted; RGB, YBR, palette. "
+        "Series and study: the middle image. Thumbnails fit 128x128. Encapsulated PDF as application/pdf; "
+        "MPEG-2/MPEG-4/HEVC video passed through."),
     Row("8.9", "Retrieve capabilities (OPTIONS)", "partial", "OPTIONS answers with an Allow header; no WADL."),
-    Row("9", "WADO-URI", "not supported", "Planned (pixels issue)."),
+    Row("9", "WADO-URI (/wado)", "supported",
+        "requestType=WADO, studyUID, seriesUID, objectUID; contentType application/dicom (transferSyntax), "
+        "image/jpeg (default for images), image/png, image/gif, a document's MIME type; frameNumber, "
+        "windowCenter/windowWidth, rows/columns, region, imageQuality. anonymize=yes and presentationUID: "
+        "400 (not supported)."),
     Row("11", "Worklist (UPS-RS)", "not supported", ""),
     Row("-", "DELETE /studies/{s}[/series/{se}[/instances/{i}]] (vendor extension)", "supported",
         "204; removes the rows, then the blobs; an emptied series or study goes too."),
