@@ -36,8 +36,10 @@ def is_fhir_json(mimetype: str) -> bool:
     return mimetype in FHIR_JSON_TYPES
 
 
-def read_chunks(stream: BinaryIO, limit: int = MAX_RAW_BYTES) -> Iterator[bytes]:
-    """The chunks of a request body, refusing it (413) once it exceeds ``limit`` bytes."""
+def read_chunks(stream: BinaryIO, limit: int | None = None) -> Iterator[bytes]:
+    """The chunks of a request body, refusing it (413) once it exceeds ``limit`` bytes
+    (default :data:`MAX_RAW_BYTES`)."""
+    limit = MAX_RAW_BYTES if limit is None else limit
     total = 0
     while chunk := stream.read(_CHUNK):
         total += len(chunk)
