@@ -284,3 +284,47 @@ def test_scopes_per_interaction(app: Flask, client: FlaskClient, mint: Mint) -> 
     outcome(reader.get("/fhir/Patient/_history"), 403)  # type history is a search (s)
     outcome(post(reader, patient()), 403)
     outcome(reader.delete(f"/fhir/Patient/{pid}"), 403)
+
+
+# --- conditional interactions (search criteria) ------------------------------------------------
+
+def test_conditional_create_update_delete(client: FlaskClient) -> None:
+    criteria = f"identifier={INS_TEST}|555"
+    first = post(client, patient("555"), **{"If-None-Exist": criteria})
+    assert first.status_code == 201
+    again = post(client, patient("555"), **{"If-None-Exist": criteria})
+    assert again.status_code == 200 and again.json["id"] == first.json["id"]
+    # conditional update: one match → update it; the body may leave out the id
+    r = put(client, f"/fhir/Patient?{criteria}", {**patient("555"), "gender": "female"})
+    assert r.status_code == 200 and r.json["id"] == first.json["id"] and r.json["meta"]["versionId"] == "2"
+    outcome(put(client, f"/fhir/Patient?{criteria}", {**patient("555"), "id": "another"}), 400)
+    # no match → create
+    created = put(client, f"/fhir/Patient?identifier={INS_TEST}|556", patient("556"))
+    assert created.status_code == 201
+    # several matches → 412
+    post(client, patient("556"))
+    outcome(put(client, f"/fhir/Patient?identifier={INS_TEST}|556", patient("556")), 412)
+    outcome(post(client, patient("556"), **{"If-None-Exist": f"identifier={INS_TEST}|556"}), 412)
+    outcome(client.delete(f"/fhir/Patient?identifier={INS_TEST}|556"), 412)
+    assert client.delete(f"/fhir/Patient?{criteria}").status_code == 204
+    outcome(client.get(f"/fhir/Patient/{first.json['id']}"), 410)
+
+
+def test_report_study_from_accession(client: FlaskClient) -> None:
+    import dicomfactory as f
+
+    inst = f.ct(accession="ACC-REST-1")
+    body, ctype = f.multipart([inst.data])
+    assert client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype}).status_code == 200
+    pid = post(client, patient()).json["id"]
+    acsn = {"type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN"}]},
+            "value": "ACC-REST-1"}
+    r = post(client, {**report(pid), "basedOn": [{"identifier": acsn}]}, "/fhir/DiagnosticReport")
+    assert r.status_code == 201 and r.json["imagingStudy"] == [{"reference": f"ImagingStudy/{inst.study}"}]
+    # a study not stored yet may be named by its UID: the images may come after the report
+    later = post(client, {**report(pid), "imagingStudy": [{"reference": "ImagingStudy/1.2.826.0.1.99"}]},
+                 "/fhir/DiagnosticReport")
+    assert later.status_code == 201
+    unknown = post(client, {**report(pid), "basedOn": [{"identifier": {**acsn, "value": "NOPE"}}]},
+                   "/fhir/DiagnosticReport")
+    assert unknown.status_code == 201 and "imagingStudy" not in unknown.json

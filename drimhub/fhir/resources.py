@@ -166,8 +166,12 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def _criteria_key(type_: str, criteria: str) -> str:
-    return f"{type_}?{urlencode(sorted(parse_qsl(criteria, keep_blank_values=True)))}"
+def lock_criteria(session: Session, type_: str, criteria: str) -> str:
+    """Serialise the conditional writers of ``type_`` with the same search ``criteria``; the
+    criteria without a leading ``Type?`` (some clients send If-None-Exist as a whole search URL)."""
+    criteria = criteria.removeprefix(f"{type_}?")
+    lock(session, f"{type_}?{urlencode(sorted(parse_qsl(criteria, keep_blank_values=True)))}")
+    return criteria
 
 
 def conditional_create(session: Session, blobs: FileBlobStore, resource: dict[str, Any], org: str,
@@ -184,7 +188,7 @@ def conditional_create(session: Session, blobs: FileBlobStore, resource: dict[st
     from drimhub.fhir.search import match_ids
 
     type_ = validate(resource)
-    lock(session, _criteria_key(type_, criteria))
+    criteria = lock_criteria(session, type_, criteria)
     ids = match_ids(session, type_, criteria, access)
     if len(ids) > 1:
         raise PreconditionFailed(f"If-None-Exist: {len(ids)} {type_} resources match {criteria!r}")

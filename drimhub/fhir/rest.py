@@ -304,10 +304,11 @@ def match(ctx: Context, type_: str, query: str, *, lock: bool = False) -> list[s
     """Ids of ``type_`` matching a search query string (conditional interactions and references)."""
     from drimhub.fhir.search import match_ids
 
+    query = query.removeprefix(f"{type_}?")
     if not query:
         raise InvalidQuery(f"a conditional interaction on {type_} needs search criteria")
     if lock:
-        resources.lock(ctx.session, f"{type_}?{urlencode(sorted(parse_qsl(query, keep_blank_values=True)))}")
+        query = resources.lock_criteria(ctx.session, type_, query)
     return match_ids(ctx.session, type_, query, ctx.access)
 
 
