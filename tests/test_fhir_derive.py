@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.endpoint import Endpoint
 from fhir.resources.R4B.imagingstudy import ImagingStudy
 from fhir.resources.R4B.patient import Patient
 from flask import Flask
@@ -20,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 import dicomfactory as f
+from drimhub.errors import NotFound
 from drimhub.fhir import imagingstudy, resources
 from drimhub.mappings.identifiers import patient_id_system
 from drimhub.store.access import Access
@@ -93,14 +95,18 @@ def test_ct_study_is_an_imaging_study_with_its_patient(app: Flask, client: Flask
     assert (IPP_SYSTEM, "PAT001") in idents(patient)
     assert patient["name"][0]["family"] == "DUPONT" and patient["gender"] == "male"
     r = client.get(f"/fhir/ImagingStudy/{study}")
-    if r.status_code != 404 or r.json.get("resourceType") == "ImagingStudy":  # once the engine's routes exist
-        assert r.status_code == 200 and r.json["id"] == study
+    assert r.status_code == 200 and r.json == resource
+    endpoint = client.get("/fhir/Endpoint/dicomweb")
+    assert endpoint.status_code == 200, endpoint.json
+    Endpoint.model_validate(endpoint.json)
+    assert endpoint.json["connectionType"]["code"] == "dicom-wado-rs"
+    assert endpoint.json["address"].endswith("/dicom-web") and not endpoint.json["address"].endswith("/")
 
 
 def test_another_org_does_not_see_the_study(app: Flask, client: FlaskClient) -> None:
     study = f.new_uid()
     stow(client, f.ct(study))
-    with session(app) as s, pytest.raises(Exception, match="not known"):
+    with session(app) as s, pytest.raises(NotFound):
         imagingstudy.read(s, study, Access.of_org("org-b"), "http://x/fhir")
 
 
