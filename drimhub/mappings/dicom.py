@@ -17,6 +17,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
 from drimhub.mappings.identifiers import patient_id_system
@@ -53,7 +54,7 @@ def text(ds: Dataset, keyword: str) -> str | None:
     value = ds.get(keyword)
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         value = value[0] if len(value) else None
     result = str(value).strip() if value is not None else ""
     return result or None
@@ -116,6 +117,11 @@ def fhir_datetime(da: str | None, tm: str | None, offset: str | None) -> str | N
     zone = _offset(offset)
     moment = moment.replace(tzinfo=zone) if zone is not None else moment.astimezone()
     return moment.isoformat(timespec="milliseconds" if fraction else "seconds")
+
+
+def attr_datetime(ds: Dataset, date_keyword: str, time_keyword: str) -> str | None:
+    """A date and a time attribute of ``ds`` (with its Timezone Offset From UTC) as a FHIR dateTime."""
+    return fhir_datetime(text(ds, date_keyword), text(ds, time_keyword), text(ds, "TimezoneOffsetFromUTC"))
 
 
 def fhir_instant(da: str | None, tm: str | None, offset: str | None) -> str | None:

@@ -27,7 +27,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from drimhub.mappings.dicom import (DCM, SCT, V2_0203, concept, display_name, fhir_datetime, integer, issuer_system,
+from drimhub.mappings.dicom import (DCM, SCT, V2_0203, attr_datetime, concept, display_name, integer, issuer_system,
                                     text)
 from drimhub.mappings.endpoint import WADO_ENDPOINT_ID
 from drimhub.mappings.identifiers import DICOM_UID_SYSTEM, patient_id_system, uid_urn
@@ -107,10 +107,6 @@ def accession_identifier(ds: Dataset) -> dict[str, Any] | None:
         ident["system"] = system
     ident["value"] = value
     return ident
-
-
-def _started(ds: Dataset, date_kw: str, time_kw: str) -> str | None:
-    return fhir_datetime(text(ds, date_kw), text(ds, time_kw), text(ds, "TimezoneOffsetFromUTC"))
 
 
 def _modality(code: str | None) -> dict[str, str] | None:
@@ -245,7 +241,7 @@ STUDY_RULES: tuple[Rule, ...] = (
     Rule("ModalitiesInStudy", "(0008,0061)", "modality", f"{R4} (union of the series' Modality)", _modalities),
     Rule("PatientID", "(0010,0020)", "subject", f"{R4} (Patient module, merged into a Patient)", _subject),
     Rule("StudyDate", "(0008,0020)", "started", f"{R4} (+ StudyTime (0008,0030), TimezoneOffsetFromUTC (0008,0201))",
-         lambda f: _started(f.attrs, "StudyDate", "StudyTime")),
+         lambda f: attr_datetime(f.attrs, "StudyDate", "StudyTime")),
     Rule("AccessionNumber", "(0008,0050)", "basedOn[]", f"{NOTES}; {MADO}", lambda f: _based_on(f.attrs)),
     Rule("ReferringPhysicianName", "(0008,0090)", "referrer", R4, lambda f: _referrer(f.attrs)),
     Rule("", "", "endpoint", f"{MADO} (study-level WADO-RS)", lambda f: _endpoint(f, f.endpoint_id)),
@@ -274,7 +270,7 @@ SERIES_RULES: tuple[Rule, ...] = (
          lambda s: body_site(text(s.attrs, "BodyPartExamined"))),
     Rule("Laterality", "(0020,0060)", "laterality", R4, lambda s: laterality(text(s.attrs, "Laterality"))),
     Rule("SeriesDate", "(0008,0021)", "started", f"{R4} (+ SeriesTime (0008,0031))",
-         lambda s: _started(s.attrs, "SeriesDate", "SeriesTime")),
+         lambda s: attr_datetime(s.attrs, "SeriesDate", "SeriesTime")),
 )
 
 INSTANCE_RULES: tuple[Rule, ...] = (

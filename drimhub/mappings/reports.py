@@ -42,8 +42,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from drimhub.mappings.dicom import (LOINC, coding, concept, display_name, dt_value, fhir_datetime,
-                                    fhir_instant, text)
+from drimhub.mappings.dicom import LOINC, attr_datetime, coding, concept, display_name, dt_value, fhir_instant, text
 from drimhub.mappings.identifiers import DICOM_UID_SYSTEM, uid_urn
 from drimhub.mappings.imagingstudy import Rule, accession_identifier, apply
 
@@ -243,7 +242,7 @@ RULES: tuple[Rule, ...] = (
     Rule("ConceptNameCodeSequence", "(0040,A043)", "code", f"{R4} (LOINC, else + 18748-4)", report_code),
     Rule("ReferencedRequestSequence", "(0040,A370)", "basedOn[]", f"{SR} (> AccessionNumber; else (0008,0050))", _orders),
     Rule("StudyDate", "(0008,0020)", "effectiveDateTime", f"{R4} (+ StudyTime (0008,0030))",
-         lambda ds: fhir_datetime(text(ds, "StudyDate"), text(ds, "StudyTime"), text(ds, "TimezoneOffsetFromUTC"))),
+         lambda ds: attr_datetime(ds, "StudyDate", "StudyTime")),
     Rule("ContentDate", "(0008,0023)", "issued", f"{R4} (+ ContentTime (0008,0033), else VerificationDateTime)",
          _issued),
     Rule("VerifyingObserverSequence", "(0040,A073)", "resultsInterpreter[]", SR, _interpreters),
