@@ -17,6 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossl
 from werkzeug.http import parse_options_header
 
 import dicomfactory as f
+from pixelhelpers import parts, syntax_of
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 DEFAULT_DICOM = 'multipart/related; type="application/dicom"'
@@ -71,26 +72,6 @@ def stored(client: FlaskClient) -> Stored:
     )
     store(client, [data.sr, data.rle, data.pdf, data.ct2, data.implicit, data.multi, data.ct1])
     return data
-
-
-def parts(response) -> list[tuple[str, bytes]]:
-    """(Content-Type, body) of each part of a multipart/related answer."""
-    ctype, params = parse_options_header(response.headers["Content-Type"])
-    assert ctype == "multipart/related"
-    boundary = b"--" + params["boundary"].encode()
-    pieces = response.get_data().split(boundary)
-    assert pieces[0] == b"" and pieces[-1] == b"--\r\n"
-    out = []
-    for piece in pieces[1:-1]:
-        head, _, body = piece.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n"))
-        assert body.endswith(b"\r\n")
-        out.append((headers["Content-Type"], body[:-2]))
-    return out
-
-
-def syntax_of(part_type: str) -> str:
-    return parse_options_header(part_type)[1]["transfer-syntax"]
 
 
 def blob_count(tmp_path: Path) -> int:

@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 
 import orjson
 from pydicom import dcmread
-from pydicom.dataset import Dataset
 from sqlalchemy.orm import Session
 from werkzeug.wsgi import ClosingIterator
 
