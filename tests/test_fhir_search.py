@@ -374,3 +374,4 @@ def test_many_revincludes_with_a_large_count(client: FlaskClient, world: World) 
                         "&_revinclude=DiagnosticReport:patient&_total=accurate")
     assert found["total"] == 2
     assert len(included(found)) == 5
+
