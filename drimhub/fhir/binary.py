@@ -15,7 +15,7 @@ compartment: :func:`drimhub.store.fhir.visibility`).
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 from drimhub.errors import NotAcceptable, PayloadTooLarge
@@ -48,7 +48,7 @@ def read_chunks(stream: BinaryIO, limit: int | None = None) -> Iterator[bytes]:
         yield chunk
 
 
-def wants_resource(accepted: Iterable[str], content_type: str, fmt: str | None) -> bool:
+def wants_resource(accepted: list[str], content_type: str, fmt: str | None) -> bool:
     """True when the client asks for the Binary resource (JSON), False for the raw bytes.
 
     ``accepted`` lists the media types of ``Accept`` in order of preference (empty: no Accept).
@@ -65,7 +65,7 @@ def wants_resource(accepted: Iterable[str], content_type: str, fmt: str | None) 
             return False
         if media in FHIR_JSON_TYPES:
             return True
-    if not list(accepted):
+    if not accepted:
         return False
     raise NotAcceptable(f"this Binary is {content_type}: ask for it with Accept: {content_type} "
                         "or application/fhir+json")

@@ -259,6 +259,7 @@ def vread(session: Session, type_: str, id_: str, version: int, access: Access) 
 
 def _writable_row(session: Session, type_: str, id_: str, org: str, access: Access) -> FhirResource | None:
     """The row to write ``type_/id_`` over (locked), None when unknown; 409 when another org holds the id."""
+    lock(session, f"{type_}/{id_}")  # two updateCreates of one new id: the second sees the first
     row = rows.get(session, type_, id_, for_update=True)
     if row is not None and (row.org != org or rows.get_visible(session, type_, id_, access) is None):
         raise Conflict(f"the id {type_}/{id_} is not available")
