@@ -57,7 +57,8 @@ def requests_of(statement: dict[str, Any]) -> list[str]:
             if type_ != "AuditEvent":
                 urls.append(f"{prefix}{param['name']}:missing=true")
         if type_ != "AuditEvent":
-            urls += [f"{prefix}{p['name']}={SAMPLES[p['type']]}" for p in rest["searchParam"]]
+            urls += [f"{prefix}{p['name']}{m}" for p in rest["searchParam"]
+                     for m in (f"={SAMPLES[p['type']]}", ":missing=false")]
             urls += [f"{prefix}_include={i}" for i in resource.get("searchInclude", [])]
             urls += [f"{prefix}_revinclude={i}" for i in resource.get("searchRevInclude", [])]
             urls += [f"{prefix}_sort={key}" for key in RESOURCE_TYPES[type_].sorts]

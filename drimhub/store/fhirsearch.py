@@ -158,6 +158,8 @@ def _rows_of(type_: str, param: str, *conditions: ColumnElement[bool]) -> Select
 
 def _stored_criterion(scope: Scope, type_: str, c: Criterion) -> ColumnElement[bool]:
     name = c.param.name
+    if name in ("_id", "_lastUpdated") and c.modifier == "missing":  # columns every resource has
+        return false() if c.values[0] else true()
     if name == "_id":
         return _id_match(c, FhirResource.id)
     if name == "_lastUpdated":
@@ -174,8 +176,6 @@ def _stored_criterion(scope: Scope, type_: str, c: Criterion) -> ColumnElement[b
 
 
 def _id_match(c: Criterion, column: Any) -> ColumnElement[bool]:
-    if c.modifier == "missing":
-        return false() if c.values[0] else true()
     ids = [v.code for v in c.values if v.system is None and v.code]
     return column.not_in(ids) if c.modifier == "not" else column.in_(ids)
 
@@ -373,9 +373,7 @@ def _memory_values(resource: dict[str, Any], name: str) -> list[Any]:
 
 
 def _memory_criterion(resource: dict[str, Any], c: Criterion) -> bool:
-    if c.param.name == "_lastUpdated":
-        return False  # derived from configuration: no lastUpdated
-    values = _memory_values(resource, c.param.name)
+    values = [] if c.param.name == "_lastUpdated" else _memory_values(resource, c.param.name)  # none: configuration
     if c.modifier == "missing":
         return not values if c.values[0] else bool(values)
     hit = any(_memory_value(c, found, v) for found in values for v in c.values)
