@@ -41,6 +41,7 @@ SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValu
              "display": "subsetted"}
 
 Found = tuple[str, str, dict[str, Any]]  # (type, id, resource)
+_CUT = "Includes cut:"
 
 
 def scope_of(session: Session, access: Access, base: str) -> Scope:
@@ -93,7 +94,7 @@ def _entry(base: str, type_: str, id_: str, resource: dict[str, Any], mode: str)
 def _with_outcome(bundle: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
     if warnings:
         outcome = {"resourceType": "OperationOutcome",
-                   "issue": [{"severity": "warning", "code": "not-supported" if "ignored" in w else "too-costly",
+                   "issue": [{"severity": "warning", "code": "too-costly" if w.startswith(_CUT) else "not-supported",
                               "diagnostics": w} for w in warnings]}
         bundle.setdefault("entry", []).append({"resource": outcome, "search": {"mode": "outcome"}})
     return bundle
@@ -170,8 +171,8 @@ def _included(scope: Scope, query: Query, matches: list[Found], base: str) -> li
         asked = budget.left + 1
         budget.add(include, include.source, _referring(scope, include, query.type, ids, base, asked), asked)
     if budget.truncated:
-        query.warnings.append(f"{', '.join(dict.fromkeys(budget.truncated))}: more than {MAX_INCLUDED} included "
-                              "resources on this page, the rest left out (lower _count or narrow the search)")
+        query.warnings.append(f"{_CUT} {', '.join(dict.fromkeys(budget.truncated))}: more than {MAX_INCLUDED} "
+                              "included resources on this page, the rest left out (lower _count or narrow the search)")
     return budget.found
 
 
