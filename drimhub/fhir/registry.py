@@ -253,4 +253,4 @@ def custom_params() -> list[tuple[ResourceType, SearchParam]]:
 
 
 __all__ = ["CANONICAL_BASE", "COMMON_PARAMS", "FHIR_VERSION", "IndexValue", "RESOURCE_TYPES", "ResourceType",
-           "SearchParam", "custom_params", "resource_type", "field"]
+           "SearchParam", "custom_params", "resource_type"]

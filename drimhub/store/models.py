@@ -157,7 +157,8 @@ class FhirVersion(Base):
     #: The interaction that made this version: ``POST``, ``PUT``, ``PATCH`` or ``DELETE``.
     method: Mapped[str] = mapped_column(String(8))
     content: Mapped[bytes | None] = mapped_column(LargeBinary)
-    blob_key: Mapped[str | None] = mapped_column(String(64))
+    #: The Binary's bytes of this version (the blob sweep keeps every blob named here).
+    blob_key: Mapped[str | None] = mapped_column(String(64), index=True)
 
 
 class FhirIndex(Base):

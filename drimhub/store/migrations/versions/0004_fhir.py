@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.UniqueConstraint('resource_pk', 'version'),
     )
     op.create_index('ix_fhir_version_type_updated', 'fhir_version', ['type', 'last_updated'])
+    op.create_index('ix_fhir_version_blob_key', 'fhir_version', ['blob_key'])
     op.create_table(
         'fhir_index',
         sa.Column('pk', sa.Integer(), nullable=False),
