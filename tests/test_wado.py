@@ -14,9 +14,11 @@ from flask.testing import FlaskClient
 from pydicom import dcmread
 from pydicom.encaps import get_frame
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+from sqlalchemy import select
 from werkzeug.http import parse_options_header
 
 import dicomfactory as f
+from drimhub.store.models import FhirVersion
 from pixelhelpers import parts, syntax_of
 
 ANY_SYNTAX = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -74,8 +76,12 @@ def stored(client: FlaskClient) -> Stored:
     return data
 
 
-def blob_count(tmp_path: Path) -> int:
-    return sum(1 for p in (tmp_path / "blobs" / "objects").rglob("*") if p.is_file())
+def blob_count(client: FlaskClient, tmp_path: Path) -> int:
+    """Blobs of DICOM instances (the Binary resources of the reports derived from the PDF and SR
+    are FHIR's: their versions keep them after a delete)."""
+    with client.application.extensions["drimhub"].sessions() as session:
+        fhir = set(session.scalars(select(FhirVersion.blob_key).where(FhirVersion.blob_key.is_not(None))))
+    return sum(1 for p in (tmp_path / "blobs" / "objects").rglob("*") if p.is_file() and p.name not in fhir)
 
 
 # --- PS3.18 §10.4.1.1.1-3: studies, series, instances -----------------------------------------
@@ -301,20 +307,32 @@ def test_malformed_identifiers_are_400(client: FlaskClient, url: str) -> None:
 # --- DELETE ------------------------------------------------------------------------------------
 
 def test_delete_instance_series_study(client: FlaskClient, stored: Stored, tmp_path: Path) -> None:
-    assert blob_count(tmp_path) == 7
+    assert blob_count(client, tmp_path) == 7
     r = client.delete(stored.url(stored.ct1))
     assert r.status_code == 204 and r.get_data() == b""
     assert client.get(stored.url(stored.ct1)).status_code == 404
     assert [m["00080018"]["Value"][0] for m in client.get(stored.url(stored.ct2, "series") + "/metadata").json] \
         == [stored.ct2.sop]
-    assert blob_count(tmp_path) == 6
+    assert blob_count(client, tmp_path) == 6
     assert client.delete(stored.url(stored.ct2, "series")).status_code == 204
     assert client.get(stored.url(stored.ct2, "series") + "/metadata").status_code == 404
-    assert blob_count(tmp_path) == 5
+    assert blob_count(client, tmp_path) == 5
     assert client.delete(stored.url()).status_code == 204
     assert client.get(stored.url() + "/metadata").status_code == 404
-    assert blob_count(tmp_path) == 0
+    assert blob_count(client, tmp_path) == 0
     assert client.delete(stored.url()).status_code == 404
+
+
+def test_delete_takes_the_reports_derived_from_the_instance(client: FlaskClient, stored: Stored) -> None:
+    """The DiagnosticReport read from the SR is deleted with it (FHIR delete: 410, history kept)."""
+    search = f"/fhir/DiagnosticReport?identifier=urn:dicom:uid|urn:oid:{stored.sr.sop}"
+    found = client.get(search).json["entry"]
+    assert len(found) == 1
+    report = found[0]["resource"]["id"]
+    assert client.delete(stored.url(stored.sr)).status_code == 204
+    assert client.get(search).json.get("entry", []) == []
+    assert client.get(f"/fhir/DiagnosticReport/{report}").status_code == 410
+    assert len(client.get(f"/fhir/DiagnosticReport/{report}/_history").json["entry"]) == 2
 
 
 def test_delete_then_store_again(client: FlaskClient, stored: Stored) -> None:
@@ -360,7 +378,7 @@ def test_delete_while_streaming_the_answer_completes_it(client: FlaskClient, sto
     r = client.get(url, headers={"Accept": accept}, buffered=False)
     assert r.status_code == 200
     assert client.delete(stored.url()).status_code == 204
-    assert blob_count(tmp_path) == 0
+    assert blob_count(client, tmp_path) == 0
     body = b"".join(r.response)
     r.close()
     if level == "instance":

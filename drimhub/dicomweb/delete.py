@@ -4,7 +4,8 @@ Rows go in one write transaction (a series or study left without children goes w
 unless a concurrent STOW has just stored into it: the foreign keys do not cascade, so that
 store is never undone, see :func:`drimhub.store.retrieve.delete_instances`);
 blobs are deleted after the commit, so a crash in between leaves orphan blobs, which the sweep
-removes, never a row pointing at a missing blob.
+removes, never a row pointing at a missing blob. The DiagnosticReports derived from deleted SR or
+encapsulated PDF instances are deleted in the same transaction (:func:`drimhub.fhir.derive.instances_deleted`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 from sqlalchemy.orm import Session, sessionmaker
 
 from drimhub.errors import NotFound
+from drimhub.fhir import derive
 from drimhub.store import retrieve
 from drimhub.store.access import Access
 from drimhub.store.blobs import FileBlobStore
@@ -44,7 +46,9 @@ def delete(sessions: sessionmaker[Session], blobs: FileBlobStore, access: Access
         organisation).
     """
     with write_session(sessions) as session:
-        keys = retrieve.delete_instances(session, access, study, series, sop)
+        deleted = retrieve.delete_instances(session, access, study, series, sop)
+        derive.instances_deleted(session, deleted)
+    keys = [instance.blob_key for instance in deleted]
     if not keys:
         raise NotFound(f"nothing to delete at study {study}" + (f" series {series}" if series else "")
                        + (f" instance {sop}" if sop else ""))

@@ -10,7 +10,10 @@
   DiagnosticReport (:mod:`drimhub.mappings.reports`) keyed on its identifier
   ``urn:dicom:uid|urn:oid:<SOP Instance UID>``: created once, updated when the instance is
   replaced by other content, untouched when the same content comes again. Its forms (the PDF,
-  the HTML rendering of an SR) are Binary resources.
+  the HTML rendering of an SR) are Binary resources;
+- when such an instance is deleted over DICOMweb, its DiagnosticReport is deleted too (a FHIR
+  delete: its history stays), so that a report never outlives the document it was read from
+  (a study deleted because it was filed under the wrong patient takes its report with it).
 
 Writers of one identifier are serialised with :func:`drimhub.fhir.resources.lock`. Images cost a
 SOP Class check each and the batch one query for its studies. A data set that cannot be mapped,
@@ -40,6 +43,7 @@ from drimhub.mappings.identifiers import DICOM_UID_SYSTEM, uid_urn
 from drimhub.store.access import Access
 from drimhub.store.blobs import FileBlobStore
 from drimhub.store.index import InstanceRow, Outcome, StoreResult
+from drimhub.store.retrieve import DeletedInstance
 from drimhub.store.models import Study
 
 log = logging.getLogger(__name__)
@@ -62,6 +66,17 @@ def instances_stored(session: Session, blobs: FileBlobStore, rows: list[Instance
         if result.outcome in _WRITTEN and row.sop_class_uid in reports.REPORT_CLASSES:
             with _skipped_on_error(session, f"report of {row.sop_uid}"):
                 _write_report(session, blobs, row, refs.get(row.study_uid), org)
+
+
+def instances_deleted(session: Session, deleted: list[DeletedInstance]) -> None:
+    """Delete the DiagnosticReports derived from the report instances of ``deleted`` (same transaction)."""
+    for instance in deleted:
+        if instance.sop_class_uid not in reports.REPORT_CLASSES:
+            continue
+        access = Access.of_org(instance.org)
+        for report in resources.find_by_identifier(session, "DiagnosticReport", DICOM_UID_SYSTEM,
+                                                   uid_urn(instance.sop_uid), instance.org):
+            resources.delete(session, "DiagnosticReport", report.id, access)
 
 
 @contextmanager

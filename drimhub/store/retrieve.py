@@ -10,7 +10,7 @@ caller may not see is not found.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import logging
 
@@ -124,8 +124,17 @@ def metadata(session: Session, access: Access, study: str, series: str | None = 
     return [(row[0], row[1], row[2]) for row in session.execute(stmt)]
 
 
+class DeletedInstance(NamedTuple):
+    """What :func:`delete_instances` removed of one instance."""
+
+    blob_key: str
+    sop_uid: str
+    sop_class_uid: str
+    org: str
+
+
 def delete_instances(session: Session, access: Access, study: str, series: str | None = None,
-                     sop: str | None = None) -> list[str]:
+                     sop: str | None = None) -> list[DeletedInstance]:
     """Delete the visible instances in scope, then their series and study if left empty.
 
     The foreign keys do not cascade (migration 0003): children are deleted here, explicitly,
@@ -136,10 +145,11 @@ def delete_instances(session: Session, access: Access, study: str, series: str |
 
     Returns
     -------
-    list of str
-        Blob keys of the deleted instances; empty when nothing matched.
+    list of DeletedInstance
+        The deleted instances (their blobs still to delete); empty when nothing matched.
     """
-    found = session.execute(_scoped(select(Instance.pk, Instance.blob_key, Instance.series_pk),
+    found = session.execute(_scoped(select(Instance.pk, Instance.blob_key, Instance.series_pk, Instance.sop_uid,
+                                           Instance.sop_class_uid, Study.org),
                                      study, series, sop, access)).all()
     if not found:
         return []
@@ -154,7 +164,7 @@ def delete_instances(session: Session, access: Access, study: str, series: str |
     has_series = exists().where(Series.study_pk == Study.pk)
     for pk in sorted(study_pks):
         _delete_if_empty(session, delete(Study).where(Study.pk == pk, ~has_series), "study")
-    return [row.blob_key for row in found]
+    return [DeletedInstance(row.blob_key, row.sop_uid, row.sop_class_uid, row.org) for row in found]
 
 
 def _delete_if_empty(session: Session, stmt: Delete, level: str) -> None:
