@@ -1,6 +1,6 @@
 """The README's runnable examples, run as written, so that the README cannot rot.
 
-"How a RIS vendor obtains a token": the blocks marked ``<!-- readme-test: NAME -->`` are taken
+"How a RIS vendor obtains a token" and the FHIR paths of a RIS and a referring physician: the blocks marked ``<!-- readme-test: NAME -->`` are taken
 from README.md verbatim: the key generation (Python), the registration (the ``drimhub`` command,
 run with click's runner against the test node's database), and the token request, STOW and QIDO
 (Python, over HTTP against the live server).
@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shlex
+import subprocess
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+import requests
 from click.testing import CliRunner
 from flask import Flask
 
@@ -78,3 +82,44 @@ def _owner(app: Flask, study: str) -> str | None:
 
     with app.extensions["drimhub"].sessions() as session:
         return session.scalar(select(Study.org).where(Study.study_uid == study))
+
+
+def run_bash(block: str, cwd: Path, env: dict[str, str]) -> None:
+    """Run a README shell block with bash, stopping at the first failing command."""
+    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=cwd, env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_fhir_ris_then_physician_examples(app: Flask, live_server: str, mint: Any, tmp_path: Path) -> None:
+    """The RIS posts its report for a study already stored; the physician then finds study, report and PDF."""
+    study = re.search(r"^STUDY=(\S+)", readme_block("fhir-ris"), re.M)
+    assert study
+    ins = "2800275012345"
+    ct = f.ct(study.group(1), PatientID=ins, IssuerOfPatientID="1.2.250.1.213.1.4.10")
+    body, content_type = f.multipart([ct.data])
+    token = mint("system/*.cruds")
+    stored = requests.post(f"{live_server}/dicom-web/studies", data=body, timeout=30,
+                           headers={"Content-Type": content_type, "Authorization": f"Bearer {token}"})
+    assert stored.status_code == 200, stored.text
+    pdf = b"%PDF-1.4\n%drimhub readme\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+    (tmp_path / "report.pdf").write_bytes(pdf)
+    env = {"DRIMHUB_URL": live_server, "TOKEN": token}
+
+    run_bash(readme_block("fhir-ris"), tmp_path, env)
+    answer = orjson.loads((tmp_path / "answer.json").read_bytes())
+    assert [e["response"]["status"] for e in answer["entry"]] == ["200 OK", "201 Created"]  # the STOW's Patient
+    run_bash(readme_block("fhir-ris"), tmp_path, env)  # sent again: the same report, updated
+    again = orjson.loads((tmp_path / "answer.json").read_bytes())
+    assert [e["response"]["status"] for e in again["entry"]] == ["200 OK", "200 OK"]
+    assert again["entry"][1]["response"]["location"].startswith(
+        answer["entry"][1]["response"]["location"].rsplit("/_history", 1)[0])
+
+    (tmp_path / "report.pdf").unlink()
+    run_bash(readme_block("fhir-physician"), tmp_path, env)
+    patients = orjson.loads((tmp_path / "patient.json").read_bytes())
+    assert [e["resource"]["id"] for e in patients["entry"]] == [answer["entry"][0]["response"]["location"].split("/")[1]]
+    studies = orjson.loads((tmp_path / "studies.json").read_bytes())
+    kinds = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in studies["entry"]]
+    assert kinds == [("ImagingStudy", "match"), ("DiagnosticReport", "include")]
+    assert (tmp_path / "report.pdf").read_bytes() == pdf

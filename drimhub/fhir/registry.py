@@ -133,7 +133,7 @@ _CLINICAL_TARGETS = ("Patient", "Group", "Device", "Location")
 IMAGING_STUDY = ResourceType(
     name="ImagingStudy",
     derived=True,
-    interactions=("read", "vread", "search-type"),
+    interactions=("read", "search-type"),
     params=(
         SearchParam("identifier", "token", "ImagingStudy.identifier",
                     "Identifiers for the Study, such as DICOM Study Instance UID and Accession number"),

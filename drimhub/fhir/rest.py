@@ -188,11 +188,6 @@ def _vread(ctx: Context, it: Interaction) -> Result:
     assert it.id is not None and it.version is not None
     if not it.version.isdigit():
         raise NotFound(f"{it.type}/{it.id}/_history/{it.version} is not known")
-    if served_type(it.type).derived:  # one version: the current one
-        current = read_derived(ctx, it.type, it.id)
-        if str((current.get("meta") or {}).get("versionId", "1")) != it.version:
-            raise NotFound(f"{it.type}/{it.id}/_history/{it.version} is not known")
-        return Result(200, current)
     stored = resources.vread(ctx.session, it.type, it.id, int(it.version), ctx.access)
     return Result(200, stored.content, stored)
 
