@@ -8,7 +8,11 @@ import numpy as np
 import pytest
 from flask.testing import FlaskClient
 from PIL import Image
+from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, apply_windowing
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
+
+from drimhub.dicomweb import render
 
 import dicomfactory as f
 from pixelhelpers import other_org, parts, store, url
@@ -74,6 +78,64 @@ def test_palette_color_through_its_lookup_tables(client: FlaskClient) -> None:
     assert got.shape == (64, 64, 3)
     assert np.array_equal(got[..., 0], arr[0]) and np.array_equal(got[..., 1], 255 - arr[0])
     assert (got[..., 2] == 128).all()
+
+
+def _gray_dataset(photometric: str = "MONOCHROME2", signed: bool = False, **attrs: object) -> Dataset:
+    ds = Dataset()
+    ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated = photometric, 1, 16
+    ds.BitsStored, ds.PixelRepresentation = 12, int(signed)
+    for keyword, value in attrs.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _lut_item(descriptor: list[int], data: list[int]) -> Dataset:
+    item = Dataset()
+    item.LUTDescriptor, item.LUTData = descriptor, data
+    item["LUTDescriptor"].VR, item["LUTData"].VR = "US", "US"
+    return item
+
+
+def _by_pydicom(arr: np.ndarray, ds: Dataset, window: tuple[float, float, str] | None) -> np.ndarray:
+    """The PS3.3 C.11 pipeline over every pixel with pydicom's functions, no lookup table."""
+    values = apply_modality_lut(arr, ds)
+    if window is None and "VOILUTSequence" in ds:
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        out = apply_voi_lut(values, ds, prefer_lut=True).astype(float) * 255.0 / (2 ** bits - 1)
+    else:
+        if window is None and "WindowCenter" in ds:
+            window = float(ds.WindowCenter), float(ds.WindowWidth), "LINEAR"
+        elif window is None:
+            low, high = float(values.min()), float(values.max())
+            window = (low + high + 1) / 2, max(1.0, high - low + 1), "LINEAR"
+        wds = Dataset()
+        wds.BitsStored, wds.PixelRepresentation, wds.PhotometricInterpretation = 8, 0, "MONOCHROME2"
+        wds.WindowCenter, wds.WindowWidth, wds.VOILUTFunction = window
+        out = apply_windowing(values.astype(float), wds)
+    display = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    return 255 - display if ds.PhotometricInterpretation == "MONOCHROME1" else display
+
+
+_CT = np.random.default_rng(6).integers(0, 1800, (64, 64)).astype(np.uint16)
+_SIGNED = np.random.default_rng(7).integers(-900, 900, (64, 64)).astype(np.int16)
+_NO_2 = np.array([0, 1, 3], np.uint16)[_CT[:8, :8] % 3]  # stored value 2 (4000 through the LUT below) absent
+
+
+@pytest.mark.parametrize("arr, ds, window", [
+    pytest.param(_CT, _gray_dataset(RescaleSlope=1, RescaleIntercept=-1024), (40.0, 400.0, "SIGMOID"),
+                 id="rescale-sigmoid"),
+    pytest.param(_SIGNED, _gray_dataset("MONOCHROME1", signed=True, RescaleSlope=-0.5, RescaleIntercept=3),
+                 (10.0, 300.0, "LINEAR_EXACT"), id="signed-negative-slope-monochrome1"),
+    pytest.param(_CT, _gray_dataset(VOILUTSequence=[_lut_item([256, 1000, 10], list(range(0, 1024, 4)))]), None,
+                 id="voi-lut-sequence"),
+    pytest.param(_NO_2, _gray_dataset(ModalityLUTSequence=[_lut_item([4, 0, 16], [900, 10, 4000, 20])]), None,
+                 id="non-monotonic-modality-lut-auto-window-over-the-frame-values"),
+    pytest.param(_CT, _gray_dataset(WindowCenter=600, WindowWidth=1), None, id="width-1-from-file"),
+])
+def test_grayscale_lookup_table_equals_the_pixel_by_pixel_pipeline(arr: np.ndarray, ds: Dataset,
+                                                                  window: tuple[float, float, str] | None) -> None:
+    """render.grayscale maps each distinct stored value once: the same display values as every pixel through pydicom."""
+    assert np.array_equal(render.grayscale(arr, ds, window), _by_pydicom(arr, ds, window))
 
 
 def test_rgb_as_is_and_ybr_jpeg_converted(client: FlaskClient) -> None:

@@ -19,7 +19,7 @@ pydicom has not already done it); PALETTE COLOR through its lookup tables
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,15 +143,37 @@ def _file_window(ds: Dataset) -> tuple[float, float, str] | None:
 
 
 def grayscale(arr: np.ndarray[Any, Any], ds: Dataset, window: tuple[float, float, str] | None) -> np.ndarray[Any, Any]:
-    """A grayscale frame as 8-bit display values (PS3.3 C.11: Modality LUT, VOI, MONOCHROME1)."""
+    """A grayscale frame as 8-bit display values (PS3.3 C.11: Modality LUT, VOI, MONOCHROME1).
+
+    Every step maps each stored value on its own, so an integer frame is rendered through a
+    lookup table over the values it spans, when that table is smaller than the frame: the
+    pipeline runs once per distinct value instead of once per pixel, with the same result.
+    """
+    if arr.dtype.kind in "iu" and arr.size:
+        low, high = int(arr.min()), int(arr.max())
+        if high - low < arr.size:
+            index = arr.astype(np.intp)
+            index -= low
+            values = apply_modality_lut(np.arange(low, high + 1).astype(arr.dtype), ds)
+            return np.take(_display(values, ds, window, lambda: np.take(values, index)), index)
     values = apply_modality_lut(arr, ds)
+    return _display(values, ds, window, lambda: values)
+
+
+def _display(values: np.ndarray[Any, Any], ds: Dataset, window: tuple[float, float, str] | None,
+             frame_values: Callable[[], np.ndarray[Any, Any]]) -> np.ndarray[Any, Any]:
+    """Modality values as 8-bit display values: VOI (``window``, else the file's), MONOCHROME1 inverted.
+
+    ``frame_values`` gives the frame's own modality values, for a window spanning them when
+    neither the request nor the file names one.
+    """
     if window is None and ds.get("VOILUTSequence"):
         lut = ds.VOILUTSequence[0]
         out = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
         out *= 255.0 / (2 ** int(lut.LUTDescriptor[2]) - 1)
     else:
         if window is None:
-            window = _file_window(ds) or _auto_window(values)
+            window = _file_window(ds) or _auto_window(frame_values())
         out = apply_windowing(values.astype(np.float64), _window_dataset(*window))
     display = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     if ds.PhotometricInterpretation == "MONOCHROME1":

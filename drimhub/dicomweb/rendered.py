@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.pixels import pixel_array
 from sqlalchemy.orm import Session
@@ -40,6 +41,7 @@ VIDEO_TYPES = {
 MIME_TYPE_OF_DOCUMENT = 0x00420012
 ENCAPSULATED_DOCUMENT = "00420011"
 ENCAPSULATED_DOCUMENT_LENGTH = 0x00420015
+FRAME_TIME = 0x00181063
 
 
 def representative(found: list[StoredInstance]) -> StoredInstance:
@@ -116,12 +118,17 @@ def _lazy(files: fr.BlobFiles, inst: StoredInstance, numbers: list[int], params:
 
 def _frame_image(files: fr.BlobFiles, inst: StoredInstance, numbers: list[int], params: render.RenderParams,
                  media_type: str) -> bytes:
-    """The frames rendered into one image file."""
-    header = dcmread(files.file(inst.blob_key), stop_before_pixels=True)  # LUTs, windows, palettes
+    """The frames rendered into one image file.
+
+    Each frame is read with its header in one pass over the file (pydicom reads up to Pixel
+    Data, then only that frame): the group 0028 elements (LUTs, windows, palettes) and Frame Time.
+    """
+    header = Dataset()
     images = []
     for number in numbers:
         # as stored (YBR kept): render.color converts with pydicom's convert_color_space
-        arr = pixel_array(files.file(inst.blob_key), index=number - 1, as_rgb=False)
+        arr = pixel_array(files.file(inst.blob_key), index=number - 1, as_rgb=False,
+                          ds_out=header if not images else None, specific_tags=[FRAME_TIME])
         images.append(render.to_image(arr, header, params))
     frame_time = header.get("FrameTime")
     return render.encode(images, media_type, params.quality, float(frame_time) if frame_time else None)
