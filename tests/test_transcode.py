@@ -13,6 +13,8 @@ from pydicom import dcmread
 from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, JPEG2000, JPEG2000Lossless,
                          JPEGBaseline8Bit, JPEGLSLossless, JPEGLSNearLossless, RLELossless)
 
+from drimhub.dicomweb.uids import is_valid_uid
+
 import dicomfactory as f
 from pixelhelpers import MP_DICOM, parts, pixels, store, syntax_of, url
 
@@ -72,11 +74,32 @@ def test_lossy_jpeg_only_when_named_and_marked(client: FlaskClient) -> None:
     [(ctype, body)] = parts(client.get(url(inst), headers=ask(JPEGBaseline8Bit)))
     assert syntax_of(ctype) == JPEGBaseline8Bit
     ds = dcmread(io.BytesIO(body))
-    # PS3.3 C.7.6.1.1.5: lossy compression recorded; the SOP Instance UID is kept (report's decision)
+    # PS3.3 C.7.6.1.1.5: lossy compression recorded
     assert ds.LossyImageCompression == "01" and ds.LossyImageCompressionMethod == "ISO_10918_1"
-    assert float(ds.LossyImageCompressionRatio) > 1 and ds.SOPInstanceUID == inst.sop
+    assert float(ds.LossyImageCompressionRatio) > 1
     original = np.frombuffer(inst.pixels, np.uint8).reshape(2, 64, 64).astype(int)
     assert np.abs(ds.pixel_array.astype(int) - original).mean() < 20  # noise compresses badly; still close
+
+
+def test_lossy_jpeg_is_a_derived_image_with_a_new_uid(client: FlaskClient) -> None:
+    """PS3.3 C.7.6.1.1.5: a lossy compressed version of a DICOM image is DERIVED and "shall receive a new
+    SOP Instance UID"; the same one at every retrieval, and the original is referenced."""
+    inst = f.image("gray8", ImageType=["ORIGINAL", "PRIMARY", "AXIAL"], LossyImageCompression="01",
+                   LossyImageCompressionRatio=8, LossyImageCompressionMethod="ISO_10918_1")
+    store(client, inst)
+    first, again = (dcmread(io.BytesIO(parts(client.get(url(inst), headers=ask(JPEGBaseline8Bit)))[0][1]))
+                    for _ in range(2))
+    assert first.SOPInstanceUID != inst.sop and first.SOPInstanceUID == again.SOPInstanceUID
+    assert first.file_meta.MediaStorageSOPInstanceUID == first.SOPInstanceUID
+    assert is_valid_uid(first.SOPInstanceUID)
+    assert list(first.ImageType) == ["DERIVED", "PRIMARY", "AXIAL"]
+    [source] = first.SourceImageSequence
+    assert (source.ReferencedSOPInstanceUID, source.ReferencedSOPClassUID) == (inst.sop, first.SOPClassUID)
+    assert "ISO_10918_1" in first.DerivationDescription
+    assert list(first.LossyImageCompressionMethod) == ["ISO_10918_1"] * 2  # the earlier compression kept
+    assert float(first.LossyImageCompressionRatio[0]) == 8
+    [(_, lossless)] = parts(client.get(url(inst), headers=ask(JPEGLSLossless)))
+    assert dcmread(io.BytesIO(lossless)).SOPInstanceUID == inst.sop  # lossless: the same image
 
 
 def test_lossy_jpeg_of_16_bit_is_not_acceptable(client: FlaskClient) -> None:

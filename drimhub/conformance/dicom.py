@@ -50,8 +50,9 @@ STATEMENT: tuple[Row, ...] = (
         "serves as stored; the default is Explicit VR Little Endian. Decoded: Implicit/Explicit VR LE, "
         "Deflated, JPEG 4.50/4.51/4.57/4.70, JPEG-LS 4.80/4.81, JPEG 2000 4.90/4.91, HTJ2K 4.201-4.203, "
         "RLE 1.2.5. Encoded: Explicit VR LE, RLE Lossless, JPEG 2000 Lossless, JPEG-LS Lossless (bit-exact), "
-        "and JPEG Baseline 4.50 (8-bit only, when named; Lossy Image Compression attributes set, SOP "
-        "Instance UID kept). The first syntax by q-value that can be produced wins; otherwise 406."),
+        "and JPEG Baseline 4.50 (8-bit only, when named; a derived image: Lossy Image Compression attributes "
+        "set, Image Type DERIVED, a new SOP Instance UID, PS3.3 C.7.6.1.1.5). The first syntax by q-value that "
+        "can be produced wins; otherwise 406."),
     Row("10.4.1.1.2", "Retrieve metadata (study, series, instance)", "supported",
         "application/dicom+json with bulk data as BulkDataURI, served from the stored JSON without reading "
         "the files; ETag, and 304 on If-None-Match. Also multipart/related; type=\"application/dicom+xml\" "

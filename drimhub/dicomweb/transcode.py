@@ -16,9 +16,10 @@ JPEG Baseline (4.50)        Pillow (ISO/IEC 10918-1)         8-bit unsigned, 1 o
 JPEG Lossless (4.57/4.70) and HTJ2K are decoded but not produced: no installed library encodes
 them. Lossless targets keep every pixel bit-exact. A lossy target sets Lossy Image Compression
 (0028,2110) to ``01`` and appends to Lossy Image Compression Ratio (0028,2112) and Method
-(0028,2114) (PS3.3 C.7.6.1.1.5). The SOP Instance UID is kept: the transfer syntax is the
-encoding the client negotiated for the same instance (PS3.18 §8.7.3.5, PS3.5 §10), and the
-Lossy Image Compression attributes tell the recipient it no longer has the original pixels.
+(0028,2114), and the result is a new, derived image (PS3.3 C.7.6.1.1.5: "if the predecessor was
+a DICOM image, then the Image shall receive a new SOP Instance UID"): Image Type value 1 becomes
+DERIVED, the SOP Instance UID a new one (the same for every retrieval of the same derivation,
+see :func:`derived_uid`), and Source Image Sequence and Derivation Description name the original.
 
 An instance without Pixel Data asked in a compressed syntax is written with that syntax's
 non-pixel encoding, Explicit VR Little Endian (PS3.5 §A.4), and labelled with it.
@@ -26,7 +27,9 @@ non-pixel encoding, Explicit VR Little Endian (PS3.5 §A.4), and labelled with i
 
 from __future__ import annotations
 
+import functools
 import io
+import uuid
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,7 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
+from pydicom.multival import MultiValue
 from pydicom.pixels import get_encoder, iter_pixels
 
 from drimhub.dicomweb.negotiation import EXPLICIT_VR_LE
@@ -52,6 +56,7 @@ LOSSY_METHODS = {JPEG_BASELINE: "ISO_10918_1"}
 JPEG_QUALITY = 90
 
 
+@functools.cache  # the installed plugins do not change while the process runs
 def _available(syntax: str) -> bool:
     try:
         return bool(get_encoder(syntax).is_available)
@@ -147,7 +152,7 @@ def jpeg_bytes(arr: np.ndarray[Any, Any], quality: int = JPEG_QUALITY) -> bytes:
 
 
 def _compress_jpeg_baseline(ds: Dataset) -> None:
-    """Replace native 8-bit Pixel Data by baseline JPEG frames, and mark the loss (PS3.3 C.7.6.1.1.5)."""
+    """Replace native 8-bit Pixel Data by baseline JPEG frames: a derived, lossy image (PS3.3 C.7.6.1.1.5)."""
     if ds.get("PixelRepresentation", 0) != 0:
         raise ValueError("JPEG baseline takes unsigned samples only (PS3.5 §8.2.1)")
     native = len(ds.PixelData)
@@ -157,8 +162,38 @@ def _compress_jpeg_baseline(ds: Dataset) -> None:
     if ds.SamplesPerPixel == 3:
         ds.PhotometricInterpretation = "YBR_FULL"
         ds.PlanarConfiguration = 0
-    mark_lossy(ds, native / max(1, sum(len(f) for f in frames)), LOSSY_METHODS[JPEG_BASELINE])
+    ratio = native / max(1, sum(len(f) for f in frames))
+    mark_lossy(ds, ratio, LOSSY_METHODS[JPEG_BASELINE])
+    mark_derived(ds, derived_uid(str(ds.SOPInstanceUID), JPEG_BASELINE, JPEG_QUALITY),
+                 f"lossy compressed ({LOSSY_METHODS[JPEG_BASELINE]}, ratio {ratio:.1f}:1)")
     ds.file_meta.TransferSyntaxUID = JPEG_BASELINE
+
+
+def derived_uid(original: str, syntax: str, quality: int) -> str:
+    """The SOP Instance UID of ``original`` lossy compressed in ``syntax`` at ``quality``.
+
+    Derived from those three, so that every retrieval of the same lossy version carries the same
+    UID and different versions different ones: a UUID-derived UID (PS3.5 §B.2, ``2.25.`` and the
+    integer of a name-based UUID, RFC 9562 version 5).
+    """
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, f'drimhub lossy {original} {syntax} {quality}').int}"
+
+
+def mark_derived(ds: Dataset, uid: str, description: str) -> None:
+    """Make ``ds`` a new image derived from itself (PS3.3 C.7.6.1.1.2, C.7.6.1.1.5, C.12.4.1.2).
+
+    Image Type value 1 becomes DERIVED; the original is referenced in Source Image Sequence and
+    the derivation noted in Derivation Description; ``uid`` becomes the SOP Instance UID.
+    """
+    source = Dataset()
+    source.ReferencedSOPClassUID, source.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    image_type = [str(v) for v in _values(ds.get("ImageType"))] or ["DERIVED", "SECONDARY"]
+    ds.ImageType = ["DERIVED", *image_type[1:]]
+    ds.SourceImageSequence = [*ds.get("SourceImageSequence", []), source]
+    earlier = str(ds.get("DerivationDescription", "") or "")
+    ds.DerivationDescription = f"{earlier}; {description}"[-1024:] if earlier else description
+    ds.SOPInstanceUID = uid
+    ds.file_meta.MediaStorageSOPInstanceUID = uid
 
 
 def mark_lossy(ds: Dataset, ratio: float, method: str) -> None:
@@ -170,10 +205,11 @@ def mark_lossy(ds: Dataset, ratio: float, method: str) -> None:
     ds.LossyImageCompressionMethod = [*methods, method]
 
 
-def _values(elem: Any) -> list[Any]:
-    if elem is None or elem.value in (None, ""):
+def _values(value: Any) -> list[Any]:
+    """The values of an attribute as ``Dataset.get`` returns it (None, one value or a MultiValue)."""
+    if value is None or value == "":
         return []
-    return list(elem.value) if elem.VM > 1 else [elem.value]
+    return list(value) if isinstance(value, MultiValue) else [value]
 
 
 # --- single frames (bulk data, PS3.18 Table 8.7.3-5) ----------------------------------------
