@@ -234,6 +234,10 @@ def test_study_entity_is_an_imaging_study_identifier() -> None:
     pytest.param(["ge2025-01-01", "le2025-01-31"], "2025-01-01T00:00:00+00:00", "2025-02-01T00:00:00+00:00",
                  id="window"),
     pytest.param(["ge2025-01-01T10:00:00+02:00"], "2025-01-01T08:00:00+00:00", None, id="datetime-with-zone"),
+    pytest.param(["le2025-01-01T10:00:00Z"], None, "2025-01-01T10:00:01+00:00", id="le-second-covers-the-second"),
+    pytest.param(["le2025-01-01T10:00:00.250Z"], None, "2025-01-01T10:00:00.251000+00:00",
+                 id="le-fraction-covers-its-precision"),
+    pytest.param(["2025-01-01T10:00"], "2025-01-01T10:00:00+00:00", "2025-01-01T10:01:00+00:00", id="eq-minute"),
 ])
 def test_date_bounds(values: list[str], since: str | None, until: str | None) -> None:
     low, high = date_bounds(values)
@@ -245,6 +249,8 @@ def test_date_bounds(values: list[str], since: str | None, until: str | None) ->
     pytest.param("patient=1", id="no-date"),
     pytest.param("date=ge2025-13-01", id="bad-month"),
     pytest.param("date=yesterday", id="not-a-date"),
+    pytest.param("date=ne2025", id="unsupported-prefix"),
+    pytest.param("date=2025-01-01T10", id="hour-without-minutes"),
     pytest.param("date=ge2025&_sort=-date", id="unknown-parameter"),
     pytest.param("date=ge2025&outcome=5", id="bad-outcome"),
     pytest.param("date=ge2025&_count=-1", id="bad-count"),

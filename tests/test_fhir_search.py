@@ -22,6 +22,7 @@ from sqlalchemy.dialects import postgresql
 import dicomfactory as f
 from conftest import Mint
 from drimhub.fhir import search as fhir_search
+from drimhub.fhir.dates import date_range
 from drimhub.fhir import searchset
 from drimhub.fhir.searchset import scope_of
 from drimhub.mappings.identifiers import patient_id_system
@@ -359,3 +360,34 @@ def test_includes_and_visibility(client: FlaskClient, mint: Mint, world: World,
     found = get(client, "/fhir/Patient?_revinclude=ImagingStudy:patient&_revinclude=DiagnosticReport:patient")
     assert len(included(found)) == 2 and any("included resources" in w for w in warnings(found))
 
+
+
+# FHIR R4 search.html §3.1.1.4.2: a value covers its precision; datatypes.html: a time carries a zone
+# (this server reads one without as UTC). value ⇒ [low, high) in UTC
+DATE_RANGES = [
+    pytest.param("2024", "2024-01-01T00:00:00+00:00", "2025-01-01T00:00:00+00:00", id="R4-search-3.1.1.4.2-year"),
+    pytest.param("2024-12", "2024-12-01T00:00:00+00:00", "2025-01-01T00:00:00+00:00", id="R4-search-3.1.1.4.2-month"),
+    pytest.param("2024-02-29", "2024-02-29T00:00:00+00:00", "2024-03-01T00:00:00+00:00", id="R4-search-3.1.1.4.2-day"),
+    pytest.param("2024-03-05T10:15", "2024-03-05T10:15:00+00:00", "2024-03-05T10:16:00+00:00",
+                 id="R4-search-3.1.1.4.2-minute"),
+    pytest.param("2024-03-05T10:15:30+02:00", "2024-03-05T08:15:30+00:00", "2024-03-05T08:15:31+00:00",
+                 id="R4-search-3.1.1.4.2-second-with-zone"),
+    pytest.param("2024-03-05T10:15:30.25Z", "2024-03-05T10:15:30.250000+00:00", "2024-03-05T10:15:30.260000+00:00",
+                 id="R4-search-3.1.1.4.2-fraction-is-a-precision"),
+    pytest.param("2024-03-05T10:15:30.1234567Z", "2024-03-05T10:15:30.123456+00:00",
+                 "2024-03-05T10:15:30.123457+00:00", id="fraction-beyond-microseconds-cut"),
+    pytest.param("2024-03-05T10:15:30", "2024-03-05T10:15:30+00:00", "2024-03-05T10:15:31+00:00",
+                 id="R4-datatypes-no-zone-read-as-utc"),
+]
+
+
+@pytest.mark.parametrize("value, low, high", DATE_RANGES)
+def test_date_range(value: str, low: str, high: str) -> None:
+    assert tuple(d.isoformat() for d in date_range(value)) == (low, high)
+
+
+@pytest.mark.parametrize("value", ["2024-13", "2024-02-30", "2024-03-05T10", "2024-03-05T25:00", "20240305",
+                                   "2024-03-05 10:15:30", "2024-03-05T10:15:30+15:00", "yesterday"])
+def test_date_range_refuses(value: str) -> None:
+    with pytest.raises(ValueError):
+        date_range(value)

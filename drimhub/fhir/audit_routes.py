@@ -17,7 +17,7 @@ this API is itself recorded (DICOM 110101 Audit Log Used) by :mod:`drimhub.serve
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -30,6 +30,7 @@ from drimhub.server.auth import policy
 from drimhub.server.auth.policy import Requirement
 from drimhub.server.db import get_session
 from drimhub.errors import Forbidden, InvalidQuery, MethodNotAllowed, NotFound
+from drimhub.fhir.dates import date_range, split_prefix
 from drimhub.server.urls import base_url
 from drimhub.store import audit as audit_store
 from drimhub.store.audit import AuditQuery, TokenMatch
@@ -43,46 +44,32 @@ MAX_COUNT = 1000
 AUDITOR_CONTEXTS = ("user", "system")
 SEARCH_PARAMETERS = frozenset({"date", "patient", "agent", "subtype", "outcome", "_count", "_offset"})
 _DATE_PREFIXES = ("eq", "ge", "gt", "le", "lt")
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2})(T.+)?)?)?$")
 _CODE = re.compile(r"^[A-Za-z0-9-]{1,32}$")
 
 
 # --- search parameters ------------------------------------------------------------------------
 
-def date_range(value: str) -> tuple[datetime, datetime]:
-    """The instants ``[start, end)`` a FHIR date or dateTime of any precision covers (UTC by default).
+def date_bounds(values: list[str]) -> tuple[datetime | None, datetime | None]:
+    """The ``[since, until)`` window of every ``date`` parameter together (their intersection).
+
+    Each value covers its precision (:func:`drimhub.fhir.dates.date_range`: a day, a second, a
+    millisecond...); a dateTime without a zone is UTC.
 
     Raises
     ------
     InvalidQuery
-        Not a FHIR date (``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD``, or a dateTime).
+        A prefix other than ``eq ge gt le lt``, or a value that is not a FHIR date or dateTime.
     """
-    match = _DATE.match(value)
-    try:
-        if not match:
-            raise ValueError(value)
-        year, month, day, time = match.groups()
-        if time:
-            start = datetime.fromisoformat(value)
-            start = start if start.tzinfo else start.replace(tzinfo=timezone.utc)
-            return start, start + timedelta(seconds=1)
-        start = datetime(int(year), int(month or 1), int(day or 1), tzinfo=timezone.utc)
-    except ValueError:
-        raise InvalidQuery(f"date: {value!r} is not a FHIR date or dateTime") from None
-    if day:
-        return start, start + timedelta(days=1)
-    if month:
-        return start, start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
-    return start, start.replace(year=start.year + 1)
-
-
-def date_bounds(values: list[str]) -> tuple[datetime | None, datetime | None]:
-    """The ``[since, until)`` window of every ``date`` parameter together (their intersection)."""
     since: datetime | None = None
     until: datetime | None = None
     for text in values:
-        prefix = text[:2] if text[:2] in _DATE_PREFIXES else "eq"
-        start, end = date_range(text[2:] if text[:2] in _DATE_PREFIXES else text)
+        prefix, value = split_prefix(text)
+        if prefix not in _DATE_PREFIXES:
+            raise InvalidQuery(f"date: prefix {prefix!r} is not one of {', '.join(_DATE_PREFIXES)}")
+        try:
+            start, end = date_range(value)
+        except ValueError:
+            raise InvalidQuery(f"date: {value!r} is not a FHIR date or dateTime") from None
         low = {"eq": start, "ge": start, "gt": end}.get(prefix)
         high = {"eq": end, "le": end, "lt": start}.get(prefix)
         since = low if since is None or (low is not None and low > since) else since

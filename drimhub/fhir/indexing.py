@@ -13,9 +13,9 @@ string
     HumanName → one row per part (family, each given, prefix, suffix, text); a string → itself.
     ``value`` folded (:func:`~drimhub.dicomweb.normalize.fold_text`), ``exact`` as written.
 date
-    date, dateTime, instant → the range it covers at its precision (``2024`` is the whole year);
-    Period → start to end. A dateTime without a zone is taken as UTC (R4 requires a zone when a
-    time is given; UTC is this server's documented reading of one that has none).
+    date, dateTime, instant → the range it covers at its precision (``2024`` is the whole year),
+    by :func:`drimhub.fhir.dates.date_range` (a dateTime without a zone is UTC); Period → start
+    to end.
 reference
     ``Type/id`` (relative, ``/_history/n`` dropped) → ``ref_type``/``ref_id``;
     ``Reference.identifier`` → ``system``/``value``. Absolute URLs are stored relative by the
@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from drimhub.dicomweb.normalize import fold_text
+from drimhub.fhir.dates import date_range  # also imported from here by drimhub.fhir.rest (_since)
 from drimhub.fhir.registry import IndexValue, SearchParam, resource_type
 
 _WHERE = re.compile(r"^(.*)\.where\(resolve\(\) is (\w+)\)$")
-_DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 _RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 _HUMAN_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
 _MAX = 255
@@ -153,29 +152,3 @@ _EXTRACTORS = {"token": _tokens, "string": _strings, "date": _dates, "reference"
 def _cut(text: str | None) -> str | None:
     return None if text is None else text[:_MAX]
 
-
-def date_range(value: str) -> tuple[datetime, datetime]:
-    """The UTC instants ``[low, high)`` a FHIR date, dateTime or instant covers at its precision.
-
-    ``2024`` → the year, ``2024-03`` → the month, ``2024-03-05`` → the day; a dateTime covers
-    its last given unit (a second, or its fraction). Without a zone, UTC.
-
-    Raises
-    ------
-    ValueError
-        Not a FHIR date, dateTime or instant.
-    """
-    match = _DATE.match(value)
-    if match:
-        year, month, day = match.groups()
-        low = datetime(int(year), int(month or 1), int(day or 1), tzinfo=timezone.utc)
-        if day:
-            return low, low + timedelta(days=1)
-        if month:
-            return low, low.replace(year=low.year + (low.month == 12), month=low.month % 12 + 1)
-        return low, low.replace(year=low.year + 1)
-    moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    fraction = re.search(r"\.(\d+)", value)
-    step = timedelta(seconds=10 ** -min(len(fraction.group(1)), 6)) if fraction else timedelta(seconds=1)
-    return moment.astimezone(timezone.utc), (moment + step).astimezone(timezone.utc)
