@@ -32,7 +32,7 @@ from drimhub.errors import InvalidRequest, UnsupportedMediaType
 from drimhub.fhir import derive
 from drimhub.store.access import PatientRef
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
-from drimhub.store.engine import write_session
+from drimhub.store.engine import ATTEMPTS, is_transient, write_session
 from drimhub.store.index import (IndexEntry, InstanceRow, Known, Outcome, StoreResult, known_instances,
                                  store_instances)
 from drimhub.store.models import DEFAULT_ORG
@@ -119,20 +119,6 @@ def check_content_type(header: str | None) -> str:
 BATCH = 50
 
 _Pending = tuple[SpooledBlob, IndexEntry]
-
-#: Attempts of one indexing transaction that meets a deadlock or a serialisation failure.
-ATTEMPTS = 3
-#: SQLSTATEs of a transaction PostgreSQL rolled back that may simply be run again:
-#: serialization_failure and deadlock_detected (PostgreSQL Appendix A, class 40).
-_RETRY_SQLSTATES = {"40001", "40P01"}
-
-
-def is_transient(exc: OperationalError) -> bool:
-    """True when ``exc`` is a deadlock, a serialisation failure, or a locked SQLite database."""
-    if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
-        return True
-    return "database is locked" in str(exc.orig)
-
 
 @dataclass
 class _Reading:

@@ -12,17 +12,29 @@ handler sleeps up to 100 ms between tries.
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+import logging
+import random
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Execution option that makes a SQLite transaction begin with BEGIN IMMEDIATE.
 _IMMEDIATE = "drimhub_immediate"
+#: Attempts of one write transaction that meets a deadlock or a serialisation failure.
+ATTEMPTS = 3
+#: SQLSTATEs of a transaction PostgreSQL rolled back that may simply be run again:
+#: serialization_failure and deadlock_detected (PostgreSQL Appendix A, class 40).
+_RETRY_SQLSTATES = {"40001", "40P01"}
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -87,3 +99,26 @@ def _writer_lock(session: Session) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def is_transient(exc: OperationalError) -> bool:
+    """True when ``exc`` is a deadlock, a serialisation failure, or a locked SQLite database."""
+    if getattr(exc.orig, "sqlstate", None) in _RETRY_SQLSTATES:
+        return True
+    return "database is locked" in str(exc.orig)
+
+
+def with_retries(factory: sessionmaker[Session], work: Callable[[Session], T], what: str) -> T:
+    """``work(session)`` in one :func:`write_session`, run again (up to :data:`ATTEMPTS` times in
+    all) when the transaction meets a transient conflict (:func:`is_transient`). ``work`` must
+    start from scratch each time: everything it did in a failed attempt was rolled back."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with write_session(factory) as session:
+                return work(session)
+        except OperationalError as exc:
+            if attempt == ATTEMPTS or not is_transient(exc):
+                raise
+            log.warning("%s: %s, retrying (attempt %d)", what, type(exc.orig).__name__, attempt + 1)
+            time.sleep(random.uniform(0.01, 0.05) * attempt)
+    raise AssertionError("unreachable")
