@@ -328,3 +328,96 @@ def test_report_study_from_accession(client: FlaskClient) -> None:
     unknown = post(client, {**report(pid), "basedOn": [{"identifier": {**acsn, "value": "NOPE"}}]},
                    "/fhir/DiagnosticReport")
     assert unknown.status_code == 201 and "imagingStudy" not in unknown.json
+
+
+# --- review fixes: conditional interactions ----------------------------------------------------
+
+def _as(app: Flask, mint: Mint, scope: str) -> FlaskClient:
+    other = app.test_client()
+    other.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {mint(scope)}"
+    return other
+
+
+def test_conditional_create_match_not_shown_to_a_create_only_token(app: Flask, client: FlaskClient,
+                                                                  mint: Mint) -> None:
+    pid = post(client, patient(family="Secret")).json["id"]
+    creator = _as(app, mint, "system/Patient.c")
+    assert creator.get(f"/fhir/Patient/{pid}").status_code == 403
+    for criteria in (f"_id={pid}", "name=Sec"):
+        r = post(creator, patient(value="999", family="Other"), **{"If-None-Exist": criteria})
+        assert r.status_code == 200 and r.get_data() == b"", r.get_data(as_text=True)
+        assert r.headers["Location"] == f"http://localhost/fhir/Patient/{pid}/_history/1"
+        assert r.headers["ETag"] == 'W/"1"'
+    searcher = _as(app, mint, "system/Patient.cs")
+    r = post(searcher, patient(value="999"), **{"If-None-Exist": f"_id={pid}"})
+    assert r.status_code == 200 and r.json["name"][0]["family"] == "Secret"
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient(value="999"), "request": {"method": "POST", "url": "Patient", "ifNoneExist": "name=Sec"}}]}
+    r = creator.post("/fhir", json=bundle, headers={"Content-Type": FHIR})
+    assert r.status_code == 200, r.get_data(as_text=True)
+    entry = r.json["entry"][0]
+    assert "resource" not in entry and entry["response"]["location"] == f"Patient/{pid}/_history/1"
+
+
+def test_conditional_update_and_delete_need_the_search_grant(app: Flask, client: FlaskClient, mint: Mint) -> None:
+    pid = post(client, patient()).json["id"]
+    updater = _as(app, mint, "system/Patient.u")
+    outcome(put(updater, f"/fhir/Patient?_id={pid}", {**patient(family="X")}), 403)
+    outcome(_as(app, mint, "system/Patient.d").delete(f"/fhir/Patient?_id={pid}"), 403)
+    assert client.get(f"/fhir/Patient/{pid}").json["name"][0]["family"] == "Dupont"
+    assert put(_as(app, mint, "system/Patient.us"), f"/fhir/Patient?_id={pid}",
+               {**patient(family="X"), "id": pid}).status_code == 200
+
+
+@pytest.mark.parametrize("query", ["_format=json", "_count=5", "_pretty=true", "", "_format=json&_pretty=true",
+                                   "identifier=1234567890123&_count=1", "identifier=1234567890123&_sort=_id"])
+def test_conditional_interactions_without_criteria_are_refused(client: FlaskClient, query: str) -> None:
+    pids = [post(client, patient(value=v)).json["id"] for v in ("1234567890123", "1234567890124")]
+    outcome(client.delete(f"/fhir/Patient?{query}"), 400)
+    outcome(put(client, f"/fhir/Patient?{query}", patient(family="Overwritten")), 400)
+    outcome(post(client, patient(value="77"), **{"If-None-Exist": query or "_pretty=true"}), 400)
+    for pid in pids:
+        assert client.get(f"/fhir/Patient/{pid}").json["name"][0]["family"] == "Dupont"
+
+
+def test_conditional_update_without_match_does_not_overwrite_an_existing_id(client: FlaskClient) -> None:
+    pid = post(client, patient()).json["id"]
+    body = {**patient(value="555", family="Intruder"), "id": pid}
+    outcome(put(client, "/fhir/Patient?identifier=nothing-matches", body), 409)
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": body, "request": {"method": "PUT", "url": "Patient?identifier=nothing-matches"}}]}
+    outcome(client.post("/fhir", json=bundle, headers={"Content-Type": FHIR}), 409)
+    assert client.get(f"/fhir/Patient/{pid}").json["name"][0]["family"] == "Dupont"
+    created = put(client, "/fhir/Patient?identifier=nothing-matches", {**body, "id": "brand-new-id"})
+    assert created.status_code == 201 and created.json["id"] == "brand-new-id"
+
+
+# --- review fixes: request body cap ------------------------------------------------------------
+
+def test_fhir_body_larger_than_the_cap_is_413(app: Flask, client: FlaskClient) -> None:
+    app.config["FHIR_MAX_BODY"] = 1000
+    big = {**patient(), "name": [{"family": "D" * 2000}]}
+    outcome(post(client, big), 413)
+    outcome(put(client, "/fhir/Patient/p1", {**big, "id": "p1"}), 413)
+    form = "name=" + "x" * 2000
+    outcome(client.post("/fhir/Patient/_search", data=form,
+                        headers={"Content-Type": "application/x-www-form-urlencoded"}), 413)
+    assert post(client, patient()).status_code == 201
+    assert client.post("/fhir/Binary", data=b"%PDF" * 1000, headers={"Content-Type": "application/pdf"}).status_code == 201
+
+
+def test_chunked_fhir_body_larger_than_the_cap_is_413(app: Flask, live_server: str, mint: Mint) -> None:
+    import requests
+
+    app.config["FHIR_MAX_BODY"] = 1000
+
+    def chunks() -> Any:
+        yield b'{"resourceType": "Patient", "name": [{"family": "'
+        for _ in range(100):
+            yield b"D" * 100
+        yield b'"}]}'
+
+    r = requests.post(f"{live_server}/fhir/Patient", data=chunks(), timeout=10,
+                      headers={"Authorization": f"Bearer {mint()}", "Content-Type": FHIR})
+    assert r.status_code == 413, r.text
+    assert r.json()["resourceType"] == "OperationOutcome"

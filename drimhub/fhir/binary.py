@@ -18,10 +18,13 @@ import base64
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from drimhub.errors import NotAcceptable, PayloadTooLarge
 from drimhub.fhir import resources
 from drimhub.fhir.resources import Stored
 from drimhub.store.blobs import FileBlobStore
+from drimhub.store.engine import write_session
 
 #: Largest Binary served as FHIR JSON (base64 ``data``).
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -97,6 +100,15 @@ def raw(blobs: FileBlobStore, stored: Stored) -> tuple[Iterator[bytes], int]:
     return blobs.iter_range(stored.blob_key), blobs.path(stored.blob_key).stat().st_size
 
 
-def create_raw(session: Any, blobs: FileBlobStore, content_type: str, stream: BinaryIO, org: str) -> Stored:
-    """Store a raw request body as a new Binary (streamed)."""
-    return resources.create_binary(session, blobs, content_type, read_chunks(stream), org)
+def create_raw(sessions: sessionmaker[Session], blobs: FileBlobStore, content_type: str, stream: BinaryIO,
+               org: str) -> Stored:
+    """Store a raw request body as a new Binary: the body is streamed to a blob first, outside any
+    transaction (a slow client must not hold the database's write lock, on SQLite everyone's),
+    then one short write transaction inserts the row; the blob is removed if that fails."""
+    key = resources.spool_blob(blobs, read_chunks(stream))
+    try:
+        with write_session(sessions) as session:
+            return resources.insert_binary(session, key, content_type, org)
+    except BaseException:
+        blobs.delete(key)
+        raise

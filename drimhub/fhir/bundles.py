@@ -2,8 +2,12 @@
 
 transaction
     ONE write transaction, all or nothing: the first failing entry rolls everything back and its
-    error is the answer (its OperationOutcome names ``Bundle.entry[i]``). Entries are processed
-    DELETE, POST, PUT/PATCH, then GET (http.html#trules). Before any write, every POST's
+    error is the answer (its OperationOutcome names ``Bundle.entry[i]``). First the locks of
+    every conditional entry are taken, all at once and in one order (two transactions with the
+    same entries in another order wait for each other instead of deadlocking); a transaction
+    that still meets a deadlock or a busy database is run again whole
+    (:func:`drimhub.store.engine.with_retries`). Entries are processed DELETE, POST, PUT/PATCH,
+    then GET (http.html#trules). After the DELETEs and before any other write, every POST's
     identity is decided (an ``ifNoneExist`` match, else a new id) and every conditional PUT's
     target is found, so that ``fullUrl`` ``urn:uuid:`` references anywhere in the other entries
     are rewritten to ``Type/id``; conditional references (``Patient?identifier=s|v``,
@@ -12,7 +16,8 @@ transaction
     matches, or multiple matches, the transaction fails"). A token that may not carry out one
     entry refuses the whole transaction (403).
 batch
-    Each entry on its own (its own transaction); an entry's error is its ``response.outcome``.
+    Each entry on its own (its own transaction; a GET a plain read session, its ``_count`` at
+    most :data:`MAX_ENTRY_COUNT`); an entry's error is its ``response.outcome``.
 
 At most :data:`MAX_ENTRIES` entries (413 beyond). The answer is a ``transaction-response`` or
 ``batch-response`` Bundle, entries in the order of the request, each with ``response.status``,
@@ -27,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 from sqlalchemy.orm import Session, sessionmaker
@@ -37,9 +42,11 @@ from drimhub.fhir import resources, rest
 from drimhub.fhir.resources import instant
 from drimhub.fhir.rest import Context, Interaction, Result
 from drimhub.store.access import Access
-from drimhub.store.engine import write_session
+from drimhub.store.engine import with_retries
 
 MAX_ENTRIES = 500
+#: Largest ``_count`` of a search or history entry (a Bundle of 500 searches must stay bounded).
+MAX_ENTRY_COUNT = 100
 #: Processing order of a transaction (R4 http.html#trules).
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
 _CONDITIONAL_REF = re.compile(r"^([A-Z][A-Za-z]+)\?(.+)$")
@@ -59,8 +66,10 @@ class Entry:
 
 
 def process(bundle: Any, sessions: sessionmaker[Session], make_context: ContextFactory, authorize: Authorizer,
-            return_preference: str | None = None) -> dict[str, Any]:
+            return_preference: str | None = None, base: str | None = None) -> dict[str, Any]:
     """Carry out a batch or transaction Bundle; the response Bundle.
+
+    ``base`` is the node's FHIR base URL: an entry's absolute ``request.url`` must be on it.
 
     Raises
     ------
@@ -83,17 +92,17 @@ def process(bundle: Any, sessions: sessionmaker[Session], make_context: ContextF
         raise PayloadTooLarge(f"a Bundle has at most {MAX_ENTRIES} entries ({len(raw)} sent)")
     minimal = return_preference == "minimal"
     if kind == "transaction":
-        entries = [_authorized(_parse(i, e), authorize) for i, e in enumerate(raw)]
+        entries = [_authorized(_parse(i, e, base), authorize) for i, e in enumerate(raw)]
         results = _transaction(entries, sessions, make_context, authorize)
         responses = [_response_entry(results[e.index], minimal) for e in entries]
     else:
-        responses = [_batch_entry(i, e, sessions, make_context, authorize, minimal) for i, e in enumerate(raw)]
+        responses = [_batch_entry(i, e, sessions, make_context, authorize, minimal, base) for i, e in enumerate(raw)]
     return {"resourceType": "Bundle", "type": f"{kind}-response", "entry": responses}
 
 
 # --- parsing ----------------------------------------------------------------------------------
 
-def _parse(index: int, entry: Any) -> Entry:
+def _parse(index: int, entry: Any, base: str | None = None) -> Entry:
     """An entry's interaction from ``request.method`` / ``request.url`` and its resource."""
     try:
         request = entry["request"]
@@ -101,9 +110,16 @@ def _parse(index: int, entry: Any) -> Entry:
     except (KeyError, TypeError):
         raise _at(InvalidRequest("an entry needs request.method and request.url"), index, None) from None
     parts = urlsplit(url)
-    path = parts.path.split("/fhir/", 1)[-1] if parts.scheme else parts.path
+    path = parts.path
+    if parts.scheme or parts.netloc:
+        own = urlsplit((base or "").rstrip("/") + "/")
+        if not base or (parts.scheme, parts.netloc) != (own.scheme, own.netloc) or not path.startswith(own.path):
+            raise _at(InvalidRequest(f"request.url {url} is not on this server's FHIR base ({base})"), index, None)
+        path = path[len(own.path):]
     segments = [s for s in path.strip("/").split("/") if s]
     query = parts.query or None
+    if method in ("GET", "HEAD") and query:
+        query = _capped_count(query)
     it: Interaction | None = None
     body = entry.get("resource")
     if method == "PATCH" and isinstance(body, dict) and body.get("resourceType") == "Binary":
@@ -125,6 +141,15 @@ def _parse(index: int, entry: Any) -> Entry:
     if it is None or it.name == "unknown":
         raise _at(InvalidRequest(f"cannot understand request {method} {url}"), index, None)
     return Entry(index, entry.get("fullUrl"), it)
+
+
+def _capped_count(query: str) -> str:
+    """``query`` with ``_count`` at most :data:`MAX_ENTRY_COUNT`."""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if not any(k == "_count" and v.isdigit() and int(v) > MAX_ENTRY_COUNT for k, v in pairs):
+        return query
+    return urlencode([(k, str(MAX_ENTRY_COUNT) if k == "_count" and v.isdigit() and int(v) > MAX_ENTRY_COUNT
+                       else v) for k, v in pairs])
 
 
 def _json_patch_of(binary: dict[str, Any]) -> Any:
@@ -154,23 +179,48 @@ def _at(exc: DrimhubError, index: int, it: Interaction | None) -> DrimhubError:
 
 def _transaction(entries: list[Entry], sessions: sessionmaker[Session], make_context: ContextFactory,
                  authorize: Authorizer) -> dict[int, Result]:
+    return with_retries(sessions, lambda session: _run_transaction(session, entries, make_context, authorize),
+                        f"FHIR transaction of {len(entries)} entries")
+
+
+def _run_transaction(session: Session, entries: list[Entry], make_context: ContextFactory,
+                     authorize: Authorizer) -> dict[int, Result]:
     results: dict[int, Result] = {}
-    with write_session(sessions) as session:
-        current: Entry | None = None
-        try:
-            mapping: dict[str, str] = {}
-            identified = []
-            for current in entries:
-                identified.append(_identify(current, make_context(session, current.access), mapping))  # type: ignore[arg-type]
-            planned = []
-            for current in identified:
-                body = _rewrite(current.it.body, mapping, session, make_context, authorize)
-                planned.append(replace(current, it=replace(current.it, body=body)))
-            for current in sorted(planned, key=lambda e: _ORDER[e.it.method]):
-                results[current.index] = rest.perform(make_context(session, current.access), current.it)  # type: ignore[arg-type]
-        except DrimhubError as exc:
-            raise _at(exc, current.index, current.it) if current else exc from None
+    current: Entry | None = None
+
+    def ctx(entry: Entry) -> Context:
+        return make_context(session, entry.access)  # type: ignore[arg-type]
+
+    try:
+        # every conditional entry's locks, computed from its criteria text, in one sorted pass
+        keys = [k for entry in entries for k in _lock_keys(entry.it, ctx(entry).org)]
+        resources.lock_all(session, keys)
+        for current in entries:  # DELETE first: a POST or PUT after it matches what it left
+            if current.it.method == "DELETE":
+                results[current.index] = rest.perform(ctx(current), current.it)
+        mapping: dict[str, str] = {}
+        identified = [_identify(current, ctx(current), mapping)
+                      for current in entries if current.it.method != "DELETE"]
+        planned = []
+        for current in identified:
+            body = _rewrite(current.it.body, mapping, session, make_context, authorize)
+            planned.append(replace(current, it=replace(current.it, body=body)))
+        for current in sorted(planned, key=lambda e: _ORDER[e.it.method]):
+            results[current.index] = rest.perform(ctx(current), current.it)
+    except DrimhubError as exc:
+        raise _at(exc, current.index, current.it) if current else exc from None
     return results
+
+
+def _lock_keys(it: Interaction, org: str) -> list[str]:
+    """The locks a conditional entry takes (:func:`drimhub.fhir.resources.criteria_lock_keys`)."""
+    if it.id is not None:
+        return []
+    if it.method == "POST" and it.if_none_exist:
+        return resources.criteria_lock_keys(it.type, org, it.if_none_exist)
+    if it.method in ("PUT", "DELETE") and it.query:
+        return resources.criteria_lock_keys(it.type, org, it.query)
+    return []
 
 
 def _identify(entry: Entry, ctx: Context, mapping: dict[str, str]) -> Entry:
@@ -181,19 +231,17 @@ def _identify(entry: Entry, ctx: Context, mapping: dict[str, str]) -> Entry:
         if it.if_none_exist:
             ids = rest.match(ctx, it.type, it.if_none_exist, lock=True)
             if len(ids) > 1:
-                raise PreconditionFailed(f"ifNoneExist: {len(ids)} {it.type} resources match {it.if_none_exist!r}")
+                raise PreconditionFailed(f"ifNoneExist: several {it.type} resources match {it.if_none_exist!r}")
             if ids:
                 target = ids[0]
-                it = Interaction("GET", it.type, target)  # the existing one is the answer: 200
+                # the existing one is the answer: 200, its body only to a token that may search
+                it = Interaction("GET", it.type, target, existing=True)
         if target is None:
             target = resources.new_id()
             it = replace(it, if_none_exist=None, assigned_id=target)
     elif it.method == "PUT" and it.id is None:
-        ids = rest.match(ctx, it.type, it.query or "", lock=True)
-        if len(ids) > 1:
-            raise PreconditionFailed(f"{len(ids)} {it.type} resources match {it.query!r}")
         body = it.body if isinstance(it.body, dict) else {}
-        target = ids[0] if ids else str(body.get("id") or resources.new_id())
+        target = rest.conditional_target(ctx, it.type, it.query or "", body) or resources.new_id()
         it = replace(it, id=target, query=None, body={**body, "id": target})
     elif it.method in ("PUT", "PATCH") and it.id is not None:
         target = it.id
@@ -226,18 +274,22 @@ def _resolve(type_: str, query: str, session: Session, make_context: ContextFact
     if not ids:
         raise NotFound(f"conditional reference {type_}?{query} matches nothing")
     if len(ids) > 1:
-        raise PreconditionFailed(f"conditional reference {type_}?{query} matches {len(ids)} resources")
+        raise PreconditionFailed(f"conditional reference {type_}?{query} matches several resources")
     return f"{type_}/{ids[0]}"
 
 
 # --- batch ------------------------------------------------------------------------------------
 
 def _batch_entry(index: int, raw: Any, sessions: sessionmaker[Session], make_context: ContextFactory,
-                 authorize: Authorizer, minimal: bool) -> dict[str, Any]:
+                 authorize: Authorizer, minimal: bool, base: str | None = None) -> dict[str, Any]:
     try:
-        entry = _authorized(_parse(index, raw), authorize)
-        with write_session(sessions) as session:
-            result = rest.perform(make_context(session, entry.access), entry.it)  # type: ignore[arg-type]
+        entry = _authorized(_parse(index, raw, base), authorize)
+        if entry.it.method in ("GET", "HEAD"):
+            with sessions() as session:  # a read: no write lock
+                result = rest.perform(make_context(session, entry.access), entry.it)  # type: ignore[arg-type]
+        else:
+            result = with_retries(sessions, lambda session: rest.perform(
+                make_context(session, entry.access), entry.it), f"FHIR batch entry {index}")  # type: ignore[arg-type]
     except DrimhubError as exc:
         outcome = {"resourceType": "OperationOutcome",
                    "issue": [{"severity": "error", "code": exc.issue_code, "diagnostics": exc.message}]}

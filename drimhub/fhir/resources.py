@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -166,32 +167,65 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def lock_criteria(session: Session, type_: str, criteria: str) -> str:
-    """Serialise the conditional writers of ``type_`` with the same search ``criteria``; the
-    criteria without a leading ``Type?`` (some clients send If-None-Exist as a whole search URL)."""
+def identifier_lock_keys(type_: str, org: str, values: Iterable[str]) -> list[str]:
+    """The lock keys of the identifier ``values`` of ``type_`` in ``org``: THE one rule for every
+    writer of a resource found by identifier (conditional interactions, the DICOM derivation,
+    the delete of a Patient), so that two of them on one identifier always meet on one key.
+
+    The key names the value only (not its system): a criterion ``identifier=value`` without a
+    system and an ``identifier=system|value`` must serialise with each other."""
+    return sorted({f"{type_}|{org}|identifier|{value}" for value in values if value})
+
+
+def _criteria_identifiers(criteria: str) -> list[str]:
+    """The identifier values of the plain ``identifier`` criteria of a search query string."""
+    found = []
+    for key, value in parse_qsl(criteria, keep_blank_values=True):
+        if key != "identifier":
+            continue
+        for item in re.split(r"(?<!\\),", value):
+            found.append(item.split("|", 1)[-1].replace("\\,", ","))
+    return found
+
+
+def criteria_lock_keys(type_: str, org: str, criteria: str) -> list[str]:
+    """The lock keys a conditional writer of ``type_`` with the search ``criteria`` takes: one for
+    the criteria text (normalised), plus :func:`identifier_lock_keys` of its identifier values.
+    ``criteria`` may start with ``Type?`` (some clients send If-None-Exist as a search URL)."""
     criteria = criteria.removeprefix(f"{type_}?")
-    lock(session, f"{type_}?{urlencode(sorted(parse_qsl(criteria, keep_blank_values=True)))}")
-    return criteria
+    text = f"{type_}|{org}?{urlencode(sorted(parse_qsl(criteria, keep_blank_values=True)))}"
+    return sorted({text, *identifier_lock_keys(type_, org, _criteria_identifiers(criteria))})
+
+
+def lock_all(session: Session, keys: Iterable[str]) -> None:
+    """Take the locks of ``keys`` in sorted order (one order everywhere: no lock cycle)."""
+    for key in sorted(set(keys)):
+        lock(session, key)
 
 
 def conditional_create(session: Session, blobs: FileBlobStore, resource: dict[str, Any], org: str,
                        criteria: str, access: Access) -> tuple[Stored, bool]:
     """``If-None-Exist: criteria`` (a search query string): the one match (False), or a new resource (True).
 
-    Concurrent calls with the same criteria are serialised (:func:`lock`): exactly one creates.
+    Concurrent calls with the same criteria (or naming the same identifier) are serialised
+    (:func:`criteria_lock_keys`): exactly one creates. The match is returned whole: the caller
+    decides whether the token may see it (:func:`drimhub.fhir.rest._create`).
 
     Raises
     ------
     PreconditionFailed
         More than one resource matches (FHIR R4 http.html#ccreate).
+    InvalidQuery
+        No search criteria, or result parameters (:func:`drimhub.fhir.search.match_ids`).
     """
     from drimhub.fhir.search import match_ids
 
     type_ = validate(resource)
-    criteria = lock_criteria(session, type_, criteria)
+    criteria = criteria.removeprefix(f"{type_}?")
+    lock_all(session, criteria_lock_keys(type_, org, criteria))
     ids = match_ids(session, type_, criteria, access)
     if len(ids) > 1:
-        raise PreconditionFailed(f"If-None-Exist: {len(ids)} {type_} resources match {criteria!r}")
+        raise PreconditionFailed(f"If-None-Exist: several {type_} resources match {criteria!r}")
     if ids:
         return read(session, type_, ids[0], access), False
     return create(session, blobs, resource, org), True
@@ -259,11 +293,27 @@ def vread(session: Session, type_: str, id_: str, version: int, access: Access) 
 
 def _writable_row(session: Session, type_: str, id_: str, org: str, access: Access) -> FhirResource | None:
     """The row to write ``type_/id_`` over (locked), None when unknown; 409 when another org holds the id."""
-    lock(session, f"{type_}/{id_}")  # two updateCreates of one new id: the second sees the first
-    row = rows.get(session, type_, id_, for_update=True)
+    row = lock_resource(session, type_, id_)
     if row is not None and (row.org != org or rows.get_visible(session, type_, id_, access) is None):
         raise Conflict(f"the id {type_}/{id_} is not available")
     return row
+
+
+def lock_resource(session: Session, type_: str, id_: str) -> FhirResource | None:
+    """Lock ``type_/id_`` for a write and return its row (None when unknown), current.
+
+    One lock order for every writer of a resource: identifier locks, if any
+    (:func:`identifier_lock_keys`), then the resource's advisory lock (it also serialises two
+    updateCreates of one new id: the second sees the first), then the row (``FOR UPDATE``).
+    Taking the row before the advisory lock (as a patch once did) deadlocks with a PUT.
+    """
+    lock(session, f"{type_}/{id_}")
+    return rows.get(session, type_, id_, for_update=True)
+
+
+def _identifier_values(content: bytes | None) -> list[str]:
+    resource = orjson.loads(content) if content else {}
+    return [str(i.get("value")) for i in resource.get("identifier") or [] if isinstance(i, dict) and i.get("value")]
 
 
 def check_version(row: FhirResource | None, if_match: str | None, label: str) -> None:
@@ -312,10 +362,19 @@ def delete(session: Session, type_: str, id_: str, access: Access, if_match: str
         Stale ``if_match``.
     """
     row = rows.get_visible(session, type_, id_, access)
-    if row is not None:
-        row = rows.get(session, type_, id_, for_update=True)
+    if row is None:
+        return None
+    if type_ == "Patient":
+        # the identifier locks of derive._merge_patient: a STOW linking a study to this Patient
+        # and this delete run one after the other, so the check below sees the link (409) or the
+        # STOW sees the Patient deleted (and makes another)
+        held = identifier_lock_keys(type_, row.org, _identifier_values(row.content))
+        lock_all(session, held)
+    row = lock_resource(session, type_, id_)
     if row is None or (row.deleted and if_match is None):
         return None
+    if type_ == "Patient":
+        lock_all(session, set(identifier_lock_keys(type_, row.org, _identifier_values(row.content))) - set(held))
     check_version(row, if_match, f"{type_}/{id_}")
     if type_ == "Patient":
         _check_unreferenced(session, row)
@@ -389,7 +448,16 @@ def _move_presented_forms(session: Session, blobs: FileBlobStore, resource: dict
 def create_binary(session: Session, blobs: FileBlobStore, content_type: str, chunks: Any, org: str) -> Stored:
     """A Binary whose bytes come from ``chunks`` (an iterable of bytes, streamed to a blob, never
     held whole); ``content`` has ``contentType`` and no ``data``. Served at ``Binary/{id}``."""
-    key = _spool(blobs, chunks)[0]
+    return insert_binary(session, spool_blob(blobs, chunks), content_type, org)
+
+
+def spool_blob(blobs: FileBlobStore, chunks: Iterable[bytes]) -> str:
+    """Write ``chunks`` to a new, durable blob (no transaction needed): its key."""
+    return _spool(blobs, chunks)[0]
+
+
+def insert_binary(session: Session, key: str, content_type: str, org: str) -> Stored:
+    """A new Binary over the blob ``key`` (written beforehand with :func:`spool_blob`)."""
     id_ = new_id()
     moment = datetime.now(timezone.utc)
     content = {"resourceType": "Binary", "id": id_, "meta": {"versionId": "1", "lastUpdated": instant(moment)},

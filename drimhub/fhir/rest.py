@@ -24,6 +24,7 @@ Decisions (R4 http.html):
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -34,7 +35,7 @@ import orjson
 from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
-from drimhub.errors import Forbidden, InvalidQuery, InvalidRequest, MethodNotAllowed, NotFound, PreconditionFailed, Unprocessable
+from drimhub.errors import Conflict, Forbidden, InvalidQuery, InvalidRequest, MethodNotAllowed, NotFound, PreconditionFailed, Unprocessable
 from drimhub.fhir import resources
 from drimhub.fhir.indexing import date_range
 from drimhub.fhir.registry import ResourceType, resource_type
@@ -55,7 +56,11 @@ _TYPE_METHODS_OF = {"search-type": "GET", "create": "POST", "update": "PUT", "de
 @dataclass(frozen=True)
 class Context:
     """Who asks, and where: the session of the request (or of the bundle), the blob store, the
-    caller's organisation and access, and the node's FHIR and DICOMweb base URLs."""
+    caller's organisation and access, and the node's FHIR and DICOMweb base URLs.
+
+    ``authorize(type, letter)`` tells what else the caller may do (its access, or Forbidden):
+    a conditional interaction's match is a search, which the token must also be granted
+    (:func:`may_search`). Without it, nothing more is granted (fail closed)."""
 
     session: Session
     blobs: FileBlobStore
@@ -63,6 +68,7 @@ class Context:
     access: Access
     base: str
     dicomweb_base: str
+    authorize: Callable[[str, str], Access] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,8 @@ class Interaction:
     strict: bool = False
     #: Id of a create, assigned beforehand (a transaction resolving ``urn:uuid`` references).
     assigned_id: str | None = None
+    #: A read standing for a transaction's conditional create that matched (answered as one).
+    existing: bool = False
 
     @property
     def name(self) -> str:
@@ -172,6 +180,8 @@ def _read(ctx: Context, it: Interaction) -> Result:
     if rtype.derived:
         return Result(200, read_derived(ctx, it.type, it.id))
     stored = resources.read(ctx.session, it.type, it.id, ctx.access)
+    if it.existing:
+        return _existing(ctx, stored)
     return Result(200, stored.content, stored)
 
 
@@ -207,7 +217,36 @@ def _create(ctx: Context, it: Interaction) -> Result:
     else:
         stored, created = resources.create(ctx.session, ctx.blobs, body, ctx.org, id_=it.assigned_id), True
     _check_visible(ctx, stored)
-    return Result(201 if created else 200, stored.content, stored)
+    if not created:
+        return _existing(ctx, stored)
+    return Result(201, stored.content, stored)
+
+
+def _existing(ctx: Context, stored: Stored) -> Result:
+    """The answer of a conditional create that matched: 200, its ``Location`` and ``ETag``; its
+    body only when the token may also search the type. Without that grant, returning the match
+    would let a create-only token read any resource (``If-None-Exist: _id=x``) or probe by
+    prefix (``name=Sec``); R4 http.html#ccreate lets the 200 come without a body."""
+    location = {"Location": f"{ctx.base}/{stored.type}/{stored.id}/_history/{stored.version}"}
+    body = stored.content if may_search(ctx, stored.type) else None
+    return Result(200, body, stored, headers=location)
+
+
+def may_search(ctx: Context, type_: str) -> bool:
+    """True when the caller's token also grants the search of ``type_``."""
+    try:
+        return ctx.authorize is not None and ctx.authorize(type_, "s") is not None
+    except Forbidden:
+        return False
+
+
+def require_search(ctx: Context, type_: str, what: str) -> None:
+    """Refuse (403) a conditional update or delete to a token that may not search ``type_``: its
+    match is a search (an update would otherwise overwrite, and a delete remove, resources the
+    token cannot find, and their answers would tell whether any match)."""
+    if ctx.authorize is None:
+        raise Forbidden(f"a conditional {what} needs the search permission on {type_}")
+    ctx.authorize(type_, "s")
 
 
 def _update(ctx: Context, it: Interaction) -> Result:
@@ -220,18 +259,52 @@ def _update(ctx: Context, it: Interaction) -> Result:
     return Result(201 if created else 200, stored.content, stored)
 
 
-def _conditional_update(ctx: Context, it: Interaction, body: dict[str, Any]) -> Result:
-    ids = match(ctx, it.type, it.query or "", lock=True)
+def conditional_target(ctx: Context, type_: str, query: str, body: dict[str, Any]) -> str | None:
+    """The id a conditional update ``PUT type_?query`` writes: the one match; with no match, the
+    body's id (updateCreate), or None (a create with a new id).
+
+    R4 http.html#cond-update: "No matches, id provided: The server treats the interaction as an
+    Update as Create interaction"; an Update as Create of an id that exists is not a create, and
+    R5 http.html#cond-update says it outright: "No matches, id provided and already exist: The
+    server rejects the update with a 409 Conflict error". Overwriting that resource would let
+    criteria that match nothing replace any resource whose id the client knows.
+
+    Raises
+    ------
+    Forbidden
+        The token may not search ``type_`` (:func:`require_search`).
+    PreconditionFailed
+        Several matches.
+    InvalidRequest
+        The body's id is not the match's.
+    Conflict
+        No match, and the body's id is that of an existing resource.
+    """
+    require_search(ctx, type_, "update")
+    ids = match(ctx, type_, query, lock=True)
     if len(ids) > 1:
-        raise PreconditionFailed(f"{len(ids)} {it.type} resources match {it.query!r}: be more selective")
-    if not ids and not body.get("id"):
+        raise PreconditionFailed(f"several {type_} resources match {query!r}: be more selective")
+    given = body.get("id")
+    if ids:
+        if given not in (None, ids[0]):
+            raise InvalidRequest(f"the body's id {given!r} is not the id of the resource matched ({ids[0]})")
+        return ids[0]
+    if not given:
+        return None
+    existing = rows.get(ctx.session, type_, str(given))
+    if existing is not None and not existing.deleted:
+        raise Conflict(f"nothing matches {query!r} and {type_}/{given} already exists: "
+                       "a conditional update does not overwrite a resource its criteria do not match")
+    return str(given)
+
+
+def _conditional_update(ctx: Context, it: Interaction, body: dict[str, Any]) -> Result:
+    target = conditional_target(ctx, it.type, it.query or "", body)
+    if target is None:
         resources.validate(body, it.type)
         stored = resources.create(ctx.session, ctx.blobs, body, ctx.org, method="PUT")
         _check_visible(ctx, stored)
         return Result(201, stored.content, stored)
-    if ids and body.get("id") not in (None, ids[0]):
-        raise InvalidRequest(f"the body's id {body['id']!r} is not the id of the resource matched ({ids[0]})")
-    target = ids[0] if ids else str(body["id"])
     return _update(ctx, Interaction("PUT", it.type, target, body={**body, "id": target}, if_match=it.if_match))
 
 
@@ -239,7 +312,7 @@ def _patch(ctx: Context, it: Interaction) -> Result:
     assert it.id is not None
     if not isinstance(it.body, list):
         raise InvalidRequest("a JSON Patch is a JSON array of operations (RFC 6902)")
-    rows.get(ctx.session, it.type, it.id, for_update=True)  # no concurrent writer between read and update
+    resources.lock_resource(ctx.session, it.type, it.id)  # no concurrent writer between read and update
     current = resources.read(ctx.session, it.type, it.id, ctx.access)
     try:
         patched = jsonpatch.JsonPatch(it.body).apply(copy.deepcopy(current.content))
@@ -250,15 +323,18 @@ def _patch(ctx: Context, it: Interaction) -> Result:
     stored, _ = resources.update(ctx.session, ctx.blobs, it.type, it.id, localize_references(patched, ctx.base),
                                  ctx.org, ctx.access, if_match=it.if_match, method="PATCH")
     _check_visible(ctx, stored)
+    # the updated resource is the answer, as for any update (R4 http.html#patch, #update: the
+    # token holds "u" on the type, which is what a PUT returning its result needs too)
     return Result(200, stored.content, stored)
 
 
 def _delete(ctx: Context, it: Interaction) -> Result:
     target = it.id
     if target is None:
+        require_search(ctx, it.type, "delete")
         ids = match(ctx, it.type, it.query or "", lock=True)
         if len(ids) > 1:
-            raise PreconditionFailed(f"{len(ids)} {it.type} resources match {it.query!r}: delete one at a time")
+            raise PreconditionFailed(f"several {it.type} resources match {it.query!r}: delete one at a time")
         if not ids:
             return Result(204)
         target = ids[0]
@@ -296,14 +372,18 @@ def _check_visible(ctx: Context, stored: Stored) -> None:
 
 
 def match(ctx: Context, type_: str, query: str, *, lock: bool = False) -> list[str]:
-    """Ids of ``type_`` matching a search query string (conditional interactions and references)."""
+    """Ids of ``type_`` matching a search query string (conditional interactions and references):
+    none, one, or two standing for several (:func:`drimhub.fhir.search.match_ids`).
+
+    ``lock``: first take :func:`drimhub.fhir.resources.criteria_lock_keys` (a transaction has
+    taken them all beforehand, in order: taking them again is free)."""
     from drimhub.fhir.search import match_ids
 
     query = query.removeprefix(f"{type_}?")
     if not query:
         raise InvalidQuery(f"a conditional interaction on {type_} needs search criteria")
     if lock:
-        query = resources.lock_criteria(ctx.session, type_, query)
+        resources.lock_all(ctx.session, resources.criteria_lock_keys(type_, ctx.org, query))
     return match_ids(ctx.session, type_, query, ctx.access)
 
 

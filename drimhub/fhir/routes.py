@@ -17,12 +17,12 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, current_app, request
 from sqlalchemy import select
 from werkzeug.http import http_date
 from werkzeug.routing import BaseConverter
 
-from drimhub.errors import InvalidRequest, NotAcceptable, NotFound, UnsupportedMediaType
+from drimhub.errors import InvalidRequest, NotAcceptable, NotFound, PayloadTooLarge, UnsupportedMediaType
 from drimhub.fhir import binary, bundles, rest
 from drimhub.fhir.resources import Stored
 from drimhub.fhir.rest import Context, Interaction, Result
@@ -32,7 +32,7 @@ from drimhub.server.auth import policy
 from drimhub.server.auth.policy import FROM_URL, PER_ENTRY, Requirement
 from drimhub.server.db import get_session, resources
 from drimhub.server.urls import base_url
-from drimhub.store.engine import write_session
+from drimhub.store.engine import with_retries
 from drimhub.store.models import FhirResource, Study
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
@@ -61,9 +61,10 @@ def fhir_base() -> str:
     return base_url() + "/fhir"
 
 
-def _context(session: Any) -> Context:
-    return Context(session, resources().blobs, policy.current_principal().org, policy.current_access(),
-                   fhir_base(), base_url() + "/dicom-web")
+def _context(session: Any, access: Any = None) -> Context:
+    return Context(session, resources().blobs, policy.current_principal().org,
+                   policy.current_access() if access is None else access, fhir_base(), base_url() + "/dicom-web",
+                   authorize=policy.authorize_entry)
 
 
 def check_accept() -> None:
@@ -86,9 +87,27 @@ def _json_body(patch: bool = False) -> Any:
     if not patch and not binary.is_fhir_json(mimetype):
         raise UnsupportedMediaType(f"send {FHIR_JSON} (this server speaks JSON only), not {mimetype or 'nothing'}")
     try:
-        return orjson.loads(request.get_data())
+        return orjson.loads(_capped_body())
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not JSON: {exc}") from None
+
+
+def _capped_body() -> bytes:
+    """The request body, at most ``FHIR_MAX_BODY`` bytes: a larger ``Content-Length`` is refused
+    before anything is read, a chunked body as soon as it passes the cap (413). Flask's global
+    ``MAX_CONTENT_LENGTH`` is not used: STOW-RS takes far larger streamed bodies."""
+    cap = int(current_app.config["FHIR_MAX_BODY"])
+    too_large = PayloadTooLarge(f"a FHIR request body is at most {cap} bytes (DRIMHUB_FHIR_MAX_BODY); "
+                                "send documents as a raw Binary")
+    if request.content_length is not None and request.content_length > cap:
+        raise too_large
+    chunks, total = [], 0
+    while chunk := request.stream.read(min(1 << 20, cap + 1 - total)):
+        total += len(chunk)
+        if total > cap:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _prefer(name: str) -> str | None:
@@ -135,9 +154,11 @@ def _answer(result: Result, write: bool = False) -> Response:
 
 def _run(it: Interaction, write: bool) -> Response:
     if write:
-        with write_session(resources().sessions) as session:
-            result = rest.perform(_context(session), it)
-            _involve(session, result.body)
+        def work(session: Any) -> Result:
+            done = rest.perform(_context(session), it)
+            _involve(session, done.body)
+            return done
+        result = with_retries(resources().sessions, work, f"FHIR {it.method} {it.type}")
     else:
         session = get_session()
         result = rest.perform(_context(session), it)
@@ -232,7 +253,7 @@ def search(type_: str) -> Response:
     if request.method == "POST":
         if request.mimetype != "application/x-www-form-urlencoded":
             raise UnsupportedMediaType("POST _search takes application/x-www-form-urlencoded parameters")
-        form = request.get_data(as_text=True)
+        form = _capped_body().decode("utf-8", "replace")
         query = "&".join(q for q in (query, form) if q)
     strict = _prefer("handling") == "strict"
     return _run(Interaction("GET", type_, query=query, strict=strict), write=False)
@@ -245,9 +266,8 @@ def create(type_: str) -> Response:
     if type_ == "Binary" and not binary.is_fhir_json(request.mimetype):
         if not request.mimetype:
             raise UnsupportedMediaType("a raw Binary needs the Content-Type of its bytes")
-        with write_session(resources().sessions) as session:
-            stored = binary.create_raw(session, resources().blobs, request.mimetype, request.stream,
-                                       policy.current_principal().org)
+        stored = binary.create_raw(resources().sessions, resources().blobs, request.mimetype, request.stream,
+                                   policy.current_principal().org)
         return _answer(Result(201, stored.content, stored), write=True)
     body = _json_body()
     return _run(_interaction("POST", type_, body=body, if_none_exist=request.headers.get("If-None-Exist")),
@@ -327,9 +347,8 @@ def transaction() -> Response:
     """batch or transaction (http.html#transaction): each entry authorised on its own."""
     check_accept()
     body = _json_body()
-    result = bundles.process(body, resources().sessions, lambda s, a: Context(
-        s, resources().blobs, policy.current_principal().org, a, fhir_base(), base_url() + "/dicom-web"),
-        policy.authorize_entry, return_preference=_prefer("return"))
+    result = bundles.process(body, resources().sessions, _context, policy.authorize_entry,
+                             return_preference=_prefer("return"), base=fhir_base())
     with resources().sessions() as session:
         _involve(session, {"resourceType": "Bundle", "entry": [
             {"resource": (e.get("resource") or {})} for e in result.get("entry") or []]})
@@ -352,6 +371,10 @@ def _binary(id_: str, vid: str | None) -> Response:
         return fhir_response(binary.as_resource(resources().blobs, stored), 200, headers)
     chunks, size = binary.raw(resources().blobs, stored)
     headers["Content-Length"] = str(size)
+    # stored bytes are the client's: never sniffed into another type, and an HTML or SVG
+    # document does not run scripts in the node's origin (it would hold the reader's session)
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Content-Security-Policy"] = "sandbox"
     return Response(chunks, status=200, content_type=content_type, headers=headers, direct_passthrough=True)
 
 

@@ -444,24 +444,39 @@ def parse(type_: str, args: MultiDict[str, str] | Iterable[tuple[str, str]], bas
 
 # --- entry points -----------------------------------------------------------------------------
 
+#: Matches a conditional interaction needs to tell apart: none, one, or several.
+CONDITIONAL_LIMIT = 2
+
+
 def match_ids(session: Session, type_: str, query: str, access: Access) -> list[str]:
-    """Ids of the ``type_`` resources ``access`` sees that the query string ``query`` matches.
+    """Ids of the ``type_`` resources ``access`` sees that the query string ``query`` matches:
+    none, one, or two (two stand for "several": no more are read).
 
     For conditional create, update and delete and conditional references (http.html#ccreate,
     #cond-update, #cdelete; transaction references ``Type?criteria``). Parsed as a strict
-    search, so that a criterion this server does not understand never widens a match; result
-    parameters are ignored.
+    search, so that a criterion this server does not understand never widens a match. A query
+    without any criterion (only ``_format``, ``_pretty``...) would match every resource: it is
+    refused, and so are result parameters (``_count``, ``_sort``...), which a match cannot obey.
 
     Raises
     ------
     InvalidQuery
-        A malformed or unknown parameter.
+        A malformed or unknown parameter, a result parameter, or no criterion at all.
     """
     from drimhub.fhir.searchset import scope_of
     from drimhub.store import fhirsearch
 
-    parsed = parse(type_, parse_qsl(query, keep_blank_values=True), strict=True)
-    return fhirsearch.match_ids(scope_of(session, access, ""), parsed)
+    pairs = parse_qsl(query, keep_blank_values=True)
+    results = sorted({k.split(":", 1)[0] for k, _ in pairs if k.split(":", 1)[0] in _RESULT_PARAMS})
+    if results:
+        raise InvalidQuery(f"a conditional {type_} match takes search criteria, not {', '.join(results)}")
+    parsed = parse(type_, pairs, strict=True)
+    if not parsed.criteria:
+        raise InvalidQuery(f"a conditional interaction on {type_} needs search criteria: {query!r} has none")
+    found = fhirsearch.id_select(scope_of(session, access, ""), parsed.type, parsed.criteria)
+    if isinstance(found, list):
+        return found[:CONDITIONAL_LIMIT]
+    return list(session.scalars(found.limit(CONDITIONAL_LIMIT)))
 
 
 def search(session: Session, type_: str, args: MultiDict[str, str] | Iterable[tuple[str, str]], access: Access,

@@ -33,6 +33,9 @@ DEFAULTS: dict[str, Any] = {
     "STOW_DUPLICATE_POLICY": "reject",
     # QIDO-RS: answers are capped at this many matches; a truncated answer carries Warning 299.
     "QIDO_MAX_RESULTS": 1000,
+    # FHIR: largest JSON (or POST _search form) body read, in bytes; larger is a 413 before it
+    # is read whole. Raw Binary uploads have their own cap (drimhub.fhir.binary.MAX_RAW_BYTES).
+    "FHIR_MAX_BODY": 64 * 1024 * 1024,
     # `drimhub serve` removes temporary files and orphan blobs older than this many seconds
     # before it starts serving (a crash leaves at most those behind).
     "SWEEP_MIN_AGE": 60,
@@ -68,5 +71,8 @@ def load(app: Flask, overrides: Mapping[str, Any] | None) -> None:
     hops = app.config["PROXY_HOPS"]
     if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
         raise DrimhubError(f"DRIMHUB_PROXY_HOPS must be a whole number of proxies (0 or more), not {hops!r}")
+    cap = app.config["FHIR_MAX_BODY"]
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise DrimhubError(f"DRIMHUB_FHIR_MAX_BODY must be a number of bytes (1 or more), not {cap!r}")
     if app.config["STOW_DUPLICATE_POLICY"] not in _POLICIES:
         raise DrimhubError(f"DRIMHUB_STOW_DUPLICATE_POLICY must be one of {', '.join(_POLICIES)}")

@@ -22,7 +22,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, and_, delete, false, insert, or_, select, text
 from sqlalchemy.orm import Session
 
-from drimhub.fhir.registry import IndexValue
+from drimhub.store.fhirquery import IndexValue
 from drimhub.mappings.identifiers import patient_id_system
 from drimhub.store.access import Access
 from drimhub.store.models import FhirIndex, FhirResource, FhirVersion
@@ -35,8 +35,8 @@ COMPARTMENT_PARAMS = ("patient", "subject")
 def get(session: Session, type_: str, id_: str, *, for_update: bool = False) -> FhirResource | None:
     """The row of ``type_/id_`` (deleted or not, any organisation), locked with ``for_update``."""
     query = select(FhirResource).where(FhirResource.type == type_, FhirResource.id == id_)
-    if for_update:
-        query = query.with_for_update()
+    if for_update:  # and fresh: a row already in the session is read again under the lock
+        query = query.with_for_update().execution_options(populate_existing=True)
     return session.scalars(query).one_or_none()
 
 
