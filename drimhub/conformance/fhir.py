@@ -34,7 +34,8 @@ PARAM_NOTES: dict[tuple[str, str], str] = {
                                     "number (any system; :of-type=http://terminology.hl7.org/CodeSystem/v2-0203|ACSN|<value>)",
     ("ImagingStudy", "patient"): "Patient/<id>; :identifier and patient.identifier match the DICOM Patient ID and issuer",
     ("ImagingStudy", "started"): "StudyDate/StudyTime as recorded, read in the node's time zone; a study without a "
-                                 "time covers its whole day",
+                                 "time covers its whole day. A study recorded with a Timezone Offset From UTC other "
+                                 "than the node's is rendered at its true instant but matched as recorded",
     ("ImagingStudy", "basedon"): "Only :identifier (the accession number) and :missing match: the order is not a "
                                  "resource here",
     ("ImagingStudy", "referrer"): "The referring physician is a display-only reference: only :missing is meaningful, "

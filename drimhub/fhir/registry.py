@@ -10,7 +10,7 @@ Two kinds of resource types:
 stored
     Patient, DiagnosticReport, Binary: kept as FHIR JSON with their versions
     (:class:`~drimhub.store.models.FhirResource`); searched through the index table
-    (:class:`~drimhub.store.models.FhirIndex`), one :class:`IndexValue` per value.
+    (:class:`~drimhub.store.models.FhirIndex`), one :class:`~drimhub.store.fhirquery.IndexValue` per value.
 derived
     ImagingStudy (from the study / series / instance rows: its truth is DICOM) and Endpoint (from
     the node's configuration and, later, its peers): read and searched only; their parameters
@@ -24,7 +24,8 @@ expressions; ``imaging-study`` on DiagnosticReport is this server's own (R4 has 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+
+from drimhub.store.fhirquery import IndexValue  # the row type lives with the store that writes it
 
 #: Canonical base of this server's own definitions (SearchParameter.url, CapabilityStatement.url).
 CANONICAL_BASE = "https://drimhub.org/fhir"
@@ -85,39 +86,6 @@ class ResourceType:
     def param(self, name: str) -> SearchParam | None:
         """The parameter called ``name`` (common ones included), or None."""
         return next((p for p in (*COMMON_PARAMS, *self.params) if p.name == name), None)
-
-
-@dataclass(frozen=True)
-class IndexValue:
-    """One value of a search parameter of a stored resource, as a row of ``fhir_index``.
-
-    What each column holds, per parameter type:
-
-    token
-        ``system`` and ``value`` (the code, identifier value or boolean text), matched exactly.
-    string
-        ``value``: folded (accents removed, case folded: :func:`drimhub.dicomweb.normalize.fold_text`)
-        for the default starts-with and ``:contains`` matching; ``exact``: the text as written, for
-        ``:exact``. Both cut to 255 characters.
-    date
-        ``low`` and ``high``: the instants ``[low, high)`` the value covers, UTC (a date covers its
-        whole day; a Period its start to its end; an open end is None).
-    reference
-        ``ref_type`` and ``ref_id`` for a literal reference (``Patient/123``, or an absolute URL on
-        this server's base); ``system`` and ``value`` for ``Reference.identifier`` (the
-        ``:identifier`` modifier). Both may be set on one row.
-    uri
-        ``value``: the URI as written.
-    """
-
-    param: str
-    system: str | None = None
-    value: str | None = None
-    exact: str | None = None
-    low: datetime | None = None
-    high: datetime | None = None
-    ref_type: str | None = None
-    ref_id: str | None = None
 
 
 # --- the parameters ---------------------------------------------------------------------------

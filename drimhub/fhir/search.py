@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qsl
@@ -49,13 +48,13 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from drimhub.errors import InvalidQuery, NotFound
-from drimhub.fhir.indexing import date_range
+from drimhub.fhir.dates import date_range, split_prefix
 from drimhub.fhir.registry import ResourceType, SearchParam, resource_type
 from drimhub.store.access import Access
+from drimhub.store.fhirquery import (DEFAULT_COUNT, Criterion, DateValue, Include, Query, Ref, SortKey,
+                                     Token)
 
-DEFAULT_COUNT = 50
 MAX_COUNT = 1000
-DATE_PREFIXES = ("eq", "ne", "lt", "gt", "le", "ge", "sa", "eb", "ap")
 SUMMARY_MODES = ("true", "text", "data", "count", "false")
 TOTAL_MODES = ("none", "estimate", "accurate")
 #: Modifiers understood per parameter type (others: ignored with a warning, or 400 when strict).
@@ -66,99 +65,6 @@ PASSIVE = frozenset({"_format", "_pretty"})
 _IDENTIFIER_TYPES = "http://terminology.hl7.org/CodeSystem/v2-0203"
 _ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{0,63}$")
-
-
-# --- typed criteria ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Token:
-    """``system|code``: ``system`` None matches any system, ``""`` no system; ``code`` None any code."""
-
-    system: str | None
-    code: str | None
-    #: ``:of-type``: the identifier type coding (system, code) the value must have.
-    of_type: tuple[str, str] | None = None
-
-
-@dataclass(frozen=True)
-class DateValue:
-    """A date criterion: a prefix and the UTC instants ``[low, high)`` the value covers."""
-
-    prefix: str
-    low: datetime
-    high: datetime
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A literal reference (``type`` None: any target type) or, with ``:identifier``, a token."""
-
-    type: str | None = None
-    id: str | None = None
-    identifier: Token | None = None
-    #: An absolute URL that is not on this server: it matches nothing stored here.
-    foreign: bool = False
-
-
-@dataclass(frozen=True)
-class Criterion:
-    """One search parameter occurrence: its values are ORed; criteria of a query are ANDed.
-
-    ``chain`` is the criterion on the target type ``target`` of a chained reference
-    (``patient.identifier=...``): then ``values`` is empty.
-    """
-
-    param: SearchParam
-    modifier: str | None
-    values: tuple[Any, ...]
-    chain: Criterion | None = None
-    target: str | None = None
-
-
-@dataclass(frozen=True)
-class Include:
-    """``_include`` / ``_revinclude``: ``source:param`` (to ``target``, None: any of its targets)."""
-
-    source: str
-    param: str
-    target: str | None
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.param}" + (f":{self.target}" if self.target else "")
-
-
-@dataclass(frozen=True)
-class SortKey:
-    """One ``_sort`` key: a parameter name (or ``_id``, ``_lastUpdated``) and its direction."""
-
-    name: str
-    descending: bool = False
-
-    def __str__(self) -> str:
-        return ("-" if self.descending else "") + self.name
-
-
-@dataclass
-class Query:
-    """A parsed search of one type."""
-
-    rtype: ResourceType
-    criteria: list[Criterion] = field(default_factory=list)
-    count: int = DEFAULT_COUNT
-    sort: list[SortKey] = field(default_factory=list)
-    includes: list[Include] = field(default_factory=list)
-    revincludes: list[Include] = field(default_factory=list)
-    summary: str | None = None
-    elements: list[str] | None = None
-    total: str | None = None
-    cursor: str | None = None
-    #: The parameters as received, but ``_cursor``: what paging links repeat.
-    pairs: list[tuple[str, str]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def type(self) -> str:
-        return self.rtype.name
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -204,15 +110,12 @@ def parse_of_type(value: str, name: str) -> Token:
 
 
 def parse_date(value: str, name: str) -> DateValue:
-    """``[prefix]date`` (§3.1.1.4.2): the instants the value covers, UTC when it has no zone."""
-    prefix = value[:2] if value[:2] in DATE_PREFIXES else "eq"
-    text = value[2:] if value[:2] in DATE_PREFIXES else value
-    if not re.match(r"^\d{4}(-\d{2}(-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$", text):
-        _bad(name, value, "[prefix]YYYY[-MM[-DD[Thh:mm[:ss][zone]]]]")
+    """``[prefix]date`` (§3.1.1.4.2): the instants the value covers (:func:`drimhub.fhir.dates.date_range`)."""
+    prefix, text = split_prefix(value)
     try:
         low, high = date_range(text)
     except ValueError:
-        _bad(name, value, "a date")
+        _bad(name, value, "[prefix]YYYY[-MM[-DD[Thh:mm[:ss[.fff]][zone]]]]")
     if prefix == "ap":  # §3.1.1.4.2: within 10 % of the distance to now, at least the value's own range
         spread = max(abs(datetime.now(timezone.utc) - low) / 10, timedelta(0))
         low, high = low - spread, high + spread

@@ -31,9 +31,9 @@ from drimhub.fhir import endpoints as node_endpoints
 from drimhub.fhir import imagingstudy
 from drimhub.fhir.registry import resource_type
 from drimhub.fhir.search import Include, Query
-from drimhub.store import fhirsearch
+from drimhub.store import fhirsearch, fhirstudies
 from drimhub.store.access import Access
-from drimhub.store.fhirsearch import Scope
+from drimhub.store.fhirquery import Scope
 
 #: Included resources per page, every ``_include`` and ``_revinclude`` together.
 MAX_INCLUDED = 1000
@@ -210,7 +210,7 @@ def _derived_references(resource: dict[str, Any], param: str) -> list[tuple[str,
 def _resolve(scope: Scope, type_: str, ids: list[str], base: str, limit: int) -> list[tuple[str, dict[str, Any]]]:
     """The visible resources ``type_/ids`` (in a stable order), at most ``limit``."""
     if type_ == "ImagingStudy":
-        uids = fhirsearch.visible_studies(scope, ids)[:limit]
+        uids = fhirstudies.visible_studies(scope, ids)[:limit]
         built = imagingstudy.build(scope.session, uids, base)
         return [(u, built[u]) for u in uids if u in built]
     if type_ == "Endpoint":
@@ -224,7 +224,7 @@ def _referring(scope: Scope, include: Include, type_: str, ids: list[str], base:
     if include.target not in (None, type_):
         return []
     if include.source == "ImagingStudy":  # Patient?_revinclude=ImagingStudy:patient
-        uids = fhirsearch.studies_of_patients(scope, ids, limit) if type_ == "Patient" else []
+        uids = fhirstudies.studies_of_patients(scope, ids, limit) if type_ == "Patient" else []
         built = imagingstudy.build(scope.session, uids, base)
         return [(u, built[u]) for u in uids if u in built]
     return [(i, orjson.loads(c))

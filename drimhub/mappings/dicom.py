@@ -115,8 +115,27 @@ def fhir_datetime(da: str | None, tm: str | None, offset: str | None) -> str | N
     except ValueError:
         return day
     zone = _offset(offset)
-    moment = moment.replace(tzinfo=zone) if zone is not None else moment.astimezone()
+    moment = moment.replace(tzinfo=zone) if zone is not None else from_recorded(moment)
     return moment.isoformat(timespec="milliseconds" if fraction else "seconds")
+
+
+def from_recorded(moment: datetime) -> datetime:
+    """A DICOM date and time recorded without Timezone Offset From UTC, as an aware instant.
+
+    PS3.3 C.12.1.1.8: such a time is the local time of the equipment, read here in the node's
+    local time zone (the process's ``TZ``, daylight saving included). :func:`as_recorded` is its
+    inverse: ImagingStudy ``started`` renders with one and searches with the other.
+    """
+    return moment.astimezone()
+
+
+def as_recorded(moment: datetime) -> datetime:
+    """An aware instant as the naive local date and time DICOM records without an offset.
+
+    The inverse of :func:`from_recorded` (the node's local time zone); what a search bound is
+    compared with when only StudyDate and StudyTime are at hand.
+    """
+    return moment.astimezone().replace(tzinfo=None)
 
 
 def attr_datetime(ds: Dataset, date_keyword: str, time_keyword: str) -> str | None:

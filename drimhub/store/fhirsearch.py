@@ -1,9 +1,10 @@
-"""SQL of FHIR search: parsed criteria (:mod:`drimhub.fhir.search`) as conditions, pages by key.
+"""SQL of FHIR search: parsed criteria (:mod:`drimhub.store.fhirquery`) as conditions, pages by key.
 
 Stored types (Patient, DiagnosticReport) are searched through their index rows
 (:class:`~drimhub.store.models.FhirIndex`, one per value, see
-:class:`~drimhub.fhir.registry.IndexValue`); ImagingStudy through the study, series and instance
-rows it is derived from; Endpoint, a handful of resources from the configuration, in memory.
+:class:`~drimhub.store.fhirquery.IndexValue`); ImagingStudy through the study, series and instance
+rows it is derived from (:mod:`drimhub.store.fhirstudies`); Endpoint, a handful of resources from
+the configuration, in memory. This module dispatches between them and pages every type.
 Every query carries the caller's visibility (:func:`drimhub.store.fhir.visibility`,
 :meth:`~drimhub.store.access.Access.study_filter`), chained and included resources too. Values
 are always bound parameters.
@@ -14,9 +15,8 @@ costs. The cursor (:class:`Cursor`) carries that last row's keys.
 
 Two readings of dates, documented in the CapabilityStatement:
 
-- ImagingStudy ``started`` compares the study's StudyDate/StudyTime as recorded, in the node's
-  local time zone (as :func:`drimhub.mappings.dicom.fhir_datetime` renders them without a
-  Timezone Offset From UTC); a study without a time covers its whole day;
+- ImagingStudy ``started`` compares the study's StudyDate/StudyTime as recorded
+  (:mod:`drimhub.store.fhirstudies` tells how, and where it differs from the rendered value);
 - a ``_sort`` on a date parameter orders by the earliest instant of its values, on a string
   parameter by its smallest folded value; resources without a value come first ascending.
 """
@@ -25,93 +25,24 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
 import orjson
 from sqlalchemy import ColumnElement, DateTime, Select, String, and_, false, func, literal, not_, or_, select, true
-from sqlalchemy.orm import Session
 
 from drimhub.dicomweb.normalize import fold_text
 from drimhub.errors import InvalidQuery
-from drimhub.fhir.registry import resource_type
-from drimhub.fhir.search import Criterion, DateValue, Query, Ref, SortKey, Token
-from drimhub.mappings.dicom import DCM
-from drimhub.mappings.identifiers import DICOM_UID_SYSTEM, issuer_for_system, uid_from_urn
-from drimhub.store.access import Access
 from drimhub.store.fhir import visibility
-from drimhub.store.models import FhirIndex, FhirResource, Instance, Series, Study
+from drimhub.store.fhirquery import (Criterion, Query, Ref, Scope, Searched, SortKey, Token, date_match,
+                                     utc)
+from drimhub.store.fhirstudies import study_filter, study_sort_key
+from drimhub.store.models import FhirIndex, FhirResource, Study
 
-V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
-SOP_CLASS_SYSTEM = "urn:ietf:rfc:3986"
-STUDY_STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
-#: ImagingStudy.status of every stored study (its instances are available).
-STUDY_STATUS = "available"
 #: Sort value of a resource without a value of the sort parameter (first ascending, last descending).
 _NO_DATE = datetime(1, 1, 1, tzinfo=timezone.utc)
-
-
-@dataclass(frozen=True)
-class Scope:
-    """Who searches and where: the session, the caller's access, the node's Endpoint resources."""
-
-    session: Session
-    access: Access
-    endpoints: tuple[dict[str, Any], ...] = ()
-
-    @property
-    def endpoint_ids(self) -> frozenset[str]:
-        return frozenset(e["id"] for e in self.endpoints)
-
-    @property
-    def sqlite(self) -> bool:
-        return self.session.get_bind().dialect.name == "sqlite"
-
-
-# --- dates ------------------------------------------------------------------------------------
-
-def date_match(v: DateValue, low: Any, high: Any, *, inclusive_high: bool, open_ends: bool,
-               fmt: Callable[[datetime], Any] = lambda d: d) -> ColumnElement[bool]:
-    """A target range ``[low, high)`` (``high`` its last instant when ``inclusive_high``) against a
-    search value, by its prefix (R4 search.html §3.1.1.4.2). With ``open_ends`` a NULL bound is
-    an open end (a Period without start or end)."""
-    pl, ph = fmt(v.low), fmt(v.high)
-
-    def starts_before(x: Any) -> ColumnElement[bool]:
-        return or_(low.is_(None), low < x) if open_ends else low < x
-
-    def ends_after(x: Any) -> ColumnElement[bool]:
-        above = high >= x if inclusive_high else high > x
-        return or_(high.is_(None), above) if open_ends else above
-
-    def starts_from(x: Any) -> ColumnElement[bool]:
-        return low >= x
-
-    def ends_by(x: Any) -> ColumnElement[bool]:
-        return high < x if inclusive_high else high <= x
-
-    eq = and_(starts_from(pl), ends_by(ph))
-    return {
-        "eq": eq,
-        "ne": or_(starts_before(pl), ends_after(ph)),
-        "gt": ends_after(ph),
-        "lt": starts_before(pl),
-        "ge": or_(ends_after(ph), eq),
-        "le": or_(starts_before(pl), eq),
-        "sa": starts_from(ph),
-        "eb": ends_by(pl),
-        "ap": and_(starts_before(ph), ends_after(pl)),
-    }[v.prefix]
-
-
-def _instant(scope: Scope, column: Any) -> Any:
-    """A server-default timestamp normalised on SQLite (CURRENT_TIMESTAMP has no fraction, bound
-    values have six digits: as text they would not compare)."""
-    if scope.sqlite:
-        return func.strftime("%Y-%m-%d %H:%M:%f000", column, type_=DateTime(timezone=True))
-    return column
 
 
 # --- stored resources -------------------------------------------------------------------------
@@ -186,162 +117,13 @@ def stored_filter(scope: Scope, type_: str, criteria: Sequence[Criterion]) -> li
             *(_stored_criterion(scope, type_, c) for c in criteria)]
 
 
-# --- ImagingStudy -----------------------------------------------------------------------------
-
-def _study_has_series(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
-    return Study.pk.in_(select(Series.study_pk).where(*conditions))
-
-
-def _study_has_instance(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
-    return Study.pk.in_(select(Series.study_pk).join(Instance, Instance.series_pk == Series.pk).where(*conditions))
-
-
-def _coded(t: Token, column: Any, *systems: str, transform: Callable[[str], str] = lambda x: x) -> ColumnElement[bool]:
-    if t.system is not None and t.system not in systems:
-        return false()
-    return column.is_not(None) if t.code is None else column == transform(t.code)
-
-
-def _study_identifier(t: Token) -> ColumnElement[bool]:
-    """Study Instance UID (``urn:dicom:uid|urn:oid:<uid>``, the bare UID) or the accession.
-
-    The accession's issuer is not a column: any system other than ``urn:dicom:uid`` matches the
-    accession value (and ``:of-type`` ``v2-0203|ACSN|value`` does, fhir.md (f)1).
-    """
-    if t.of_type is not None:
-        if t.of_type == (V2_0203, "ACSN"):
-            return Study.accession_number == t.code
-        if t.of_type == (DCM, "110180"):
-            return Study.study_uid == uid_from_urn(t.code or "")
-        return false()
-    if t.system == DICOM_UID_SYSTEM:
-        return true() if t.code is None else Study.study_uid == uid_from_urn(t.code)
-    if t.system is None:
-        return or_(Study.study_uid == uid_from_urn(t.code or ""), Study.accession_number == t.code)
-    return Study.accession_number.is_not(None) if t.code is None else Study.accession_number == t.code
-
-
-def _patient_identifier(t: Token) -> ColumnElement[bool]:
-    """A Patient identifier as the study's PatientID and issuer (:func:`issuer_for_system`)."""
-    clauses = [Study.patient_id == t.code] if t.code is not None else [Study.patient_id.is_not(None)]
-    if t.system == "":
-        clauses.append(Study.issuer_of_patient_id.is_(None))
-    elif t.system is not None:
-        clauses.append(Study.issuer_of_patient_id == issuer_for_system(t.system))
-    return and_(*clauses)
-
-
-def _started() -> tuple[Any, Any]:
-    time_low = func.coalesce(Study.study_time, "000000.000000")
-    time_high = func.coalesce(Study.study_time, "235959.999999")
-    return Study.study_date + time_low, Study.study_date + time_high
-
-
-def _local_key(moment: datetime) -> str:
-    """An instant as StudyDate + StudyTime text (``YYYYMMDDHHMMSS.FFFFFF``) in the node's local zone."""
-    return moment.astimezone().strftime("%Y%m%d%H%M%S.%f")
-
-
-def _study_last_updated(scope: Scope) -> Any:
-    """When the study, or an instance of it, was last stored (ImagingStudy ``meta.lastUpdated``)."""
-    latest = (select(func.max(Instance.created_at)).join(Series, Series.pk == Instance.series_pk)
-              .where(Series.study_pk == Study.pk).scalar_subquery())
-    return _instant(scope, func.coalesce(latest, Study.created_at, type_=DateTime(timezone=True)))
-
-
-def _study_value(scope: Scope, c: Criterion, v: Any) -> ColumnElement[bool]:
-    name = c.param.name
-    if name in ("patient", "subject"):
-        if isinstance(v, Token):
-            return _patient_identifier(v)
-        return false() if v.foreign or v.type not in (None, "Patient") else Study.patient_ref == v.id
-    if name == "basedon":  # only the accession, as Reference.identifier (R4 notes, MADO)
-        return _coded(v, Study.accession_number, *([v.system] if v.system else [])) if isinstance(v, Token) else false()
-    if name == "referrer":  # a display-only reference: no id, no identifier to match
-        return false()
-    if name == "endpoint":
-        if isinstance(v, Token):
-            return false()
-        return true() if not v.foreign and v.type in (None, "Endpoint") and v.id in scope.endpoint_ids else false()
-    if name == "started":
-        low, high = _started()
-        return and_(Study.study_date.is_not(None),
-                    date_match(v, low, high, inclusive_high=True, open_ends=False, fmt=_local_key))
-    if name == "_lastUpdated":
-        moment = _study_last_updated(scope)
-        return date_match(v, moment, moment, inclusive_high=True, open_ends=False)
-    if name == "_id":
-        return Study.study_uid == v.code if v.system is None else false()
-    if name == "identifier":
-        return _study_identifier(v)
-    if name == "status":
-        return true() if v.system in (None, STUDY_STATUS_SYSTEM) and v.code in (STUDY_STATUS, None) else false()
-    if name == "modality":
-        return _study_has_series(_coded(v, Series.modality, DCM))
-    if name == "series":
-        return _study_has_series(_coded(v, Series.series_uid, transform=uid_from_urn))
-    if name == "instance":
-        return _study_has_instance(_coded(v, Instance.sop_uid, transform=uid_from_urn))
-    if name == "dicom-class":
-        return _study_has_instance(_coded(v, Instance.sop_class_uid, SOP_CLASS_SYSTEM, transform=uid_from_urn))
-    if name == "bodysite":
-        return _study_has_series(_body_part(v))
-    raise InvalidQuery(f"ImagingStudy: {name} is not searchable")  # pragma: no cover - registry and table agree
-
-
-def _body_part(t: Token) -> ColumnElement[bool]:
-    """Body Part Examined: the SNOMED CT code the mapping emits (PS3.16 Annex L) or the defined term."""
-    from drimhub.mappings.dicom import SCT
-    from drimhub.mappings.imagingstudy import BODY_PARTS
-
-    if t.code is None:
-        return Series.body_part.is_not(None) if t.system in (None, SCT) else false()
-    terms = [term for term, (code, _) in BODY_PARTS.items() if code == t.code] if t.system in (None, SCT) else []
-    if t.system is None:
-        terms.append(t.code.upper())
-    return Series.body_part.in_(terms) if terms else false()
-
-
-#: ImagingStudy parameters: when a study has a value (``:missing``).
-_STUDY_PRESENT: dict[str, Callable[[], ColumnElement[bool]]] = {
-    "identifier": true, "status": true, "endpoint": true, "_id": true, "_lastUpdated": true,
-    "patient": lambda: Study.patient_ref.is_not(None), "subject": lambda: Study.patient_ref.is_not(None),
-    "started": lambda: Study.study_date.is_not(None),
-    "basedon": lambda: Study.accession_number.is_not(None),
-    "referrer": lambda: Study.referring_physician_key.is_not(None),
-    "modality": lambda: _study_has_series(Series.modality.is_not(None)),
-    "bodysite": lambda: _study_has_series(Series.body_part.is_not(None)),
-    "series": lambda: _study_has_series(true()), "instance": lambda: _study_has_instance(true()),
-    "dicom-class": lambda: _study_has_instance(true()),
-}
-
-
-def _study_criterion(scope: Scope, c: Criterion) -> ColumnElement[bool]:
-    if c.chain is not None:  # patient.x / subject:Patient.x: through the study's Patient resource
-        chained = Study.patient_ref.in_(id_select(scope, "Patient", [c.chain]))
-        if c.chain.param.name == "identifier" and c.chain.modifier is None:
-            return or_(chained, *(_patient_identifier(t) for t in c.chain.values))
-        return chained
-    if c.modifier == "missing":
-        present = _STUDY_PRESENT[c.param.name]()
-        return not_(present) if c.values[0] else present
-    matching = or_(*(_study_value(scope, c, v) for v in c.values))
-    return not_(matching) if c.modifier == "not" else matching
-
-
-def study_filter(scope: Scope, criteria: Sequence[Criterion]) -> list[ColumnElement[bool]]:
-    """Conditions on :class:`Study` for the visible studies ``criteria`` match."""
-    return [*scope.access.study_filter(), *(_study_criterion(scope, c) for c in criteria)]
-
-
 # --- ids of any type (chains, conditional interactions) ---------------------------------------
 
 def id_select(scope: Scope, type_: str, criteria: Sequence[Criterion]) -> Any:
     """The ids of the visible resources of ``type_`` ``criteria`` match: a subquery, or a list."""
     if type_ == "ImagingStudy":
         return select(Study.study_uid).where(*study_filter(scope, criteria))
-    rtype = resource_type(type_)
-    if rtype is not None and rtype.derived:
+    if type_ == "Endpoint":  # the one type held in memory (memory_match)
         return [r["id"] for r in memory_match(scope, type_, criteria)]
     return select(FhirResource.id).where(FhirResource.type == type_, *stored_filter(scope, type_, criteria))
 
@@ -450,13 +232,12 @@ class Plan:
         return ",".join(("-" if d else "") + str(i) for i, (_, d, _) in enumerate(self.keys))
 
 
-def _stored_sort_key(scope: Scope, type_: str, key: SortKey) -> tuple[Any, bool, str]:
+def _stored_sort_key(rtype: Searched, key: SortKey) -> tuple[Any, bool, str]:
     if key.name == "_id":
         return FhirResource.id, key.descending, "string"
     if key.name == "_lastUpdated":
         return FhirResource.last_updated, key.descending, "date"
-    rtype = resource_type(type_)
-    param = rtype.param(key.name) if rtype else None
+    param = rtype.param(key.name)
     if param is not None and param.type == "date":
         low = select(func.min(FhirIndex.low)).where(FhirIndex.resource_pk == FhirResource.pk,
                                                     FhirIndex.param == key.name).scalar_subquery()
@@ -466,23 +247,14 @@ def _stored_sort_key(scope: Scope, type_: str, key: SortKey) -> tuple[Any, bool,
     return func.coalesce(value, literal("", String)), key.descending, "string"
 
 
-def _study_sort_key(scope: Scope, key: SortKey) -> tuple[Any, bool, str]:
-    if key.name == "_id":
-        return Study.study_uid, key.descending, "string"
-    if key.name == "_lastUpdated":
-        return _study_last_updated(scope), key.descending, "date"
-    started = func.coalesce(Study.study_date, "") + func.coalesce(Study.study_time, "")
-    return started, key.descending, "string"
-
-
 def plan(scope: Scope, query: Query) -> Plan:
     """The rows, filter and order of a search of a stored type or of ImagingStudy."""
     if query.type == "ImagingStudy":
         return Plan(Study.pk, Study.study_uid, literal(None), study_filter(scope, query.criteria),
-                    [_study_sort_key(scope, k) for k in query.sort])
+                    [study_sort_key(scope, k) for k in query.sort])
     return Plan(FhirResource.pk, FhirResource.id, FhirResource.content,
                 [FhirResource.type == query.type, *stored_filter(scope, query.type, query.criteria)],
-                [_stored_sort_key(scope, query.type, k) for k in query.sort])
+                [_stored_sort_key(query.rtype, k) for k in query.sort])
 
 
 def _after(p: Plan, cursor: Cursor) -> ColumnElement[bool]:
@@ -531,13 +303,9 @@ def page(scope: Scope, query: Query) -> Page:
     following = None
     if len(found) > query.count and query.count:
         last = found[query.count - 1]
-        keys = tuple(_utc(k) if isinstance(k, datetime) else k for k in last[3:])
+        keys = tuple(utc(k) if isinstance(k, datetime) else k for k in last[3:])
         following = Cursor(p.sort_spec, keys, last[0])
     return Page(rows, following)
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 def count(scope: Scope, query: Query) -> int:
@@ -582,31 +350,5 @@ def stored_referring(scope: Scope, source: str, param: str, target: str, ids: Se
     return [(i, c) for i, c in scope.session.execute(stmt)]
 
 
-def visible_studies(scope: Scope, uids: Sequence[str]) -> list[str]:
-    """The UIDs among ``uids`` of studies the caller sees."""
-    if not uids:
-        return []
-    stmt = select(Study.study_uid).where(Study.study_uid.in_(sorted(set(uids))), *scope.access.study_filter())
-    return list(scope.session.scalars(stmt.order_by(Study.pk)))
-
-
-def study_patients(scope: Scope, uids: Sequence[str]) -> list[str]:
-    """The Patient ids (``Study.patient_ref``) of the studies ``uids``."""
-    if not uids:
-        return []
-    stmt = select(Study.patient_ref).distinct().where(Study.study_uid.in_(list(uids)), Study.patient_ref.is_not(None))
-    return [p for p in scope.session.scalars(stmt)]
-
-
-def studies_of_patients(scope: Scope, patient_ids: Sequence[str], limit: int) -> list[str]:
-    """UIDs of the visible studies whose subject is one of ``patient_ids``."""
-    if not patient_ids:
-        return []
-    stmt = (select(Study.study_uid).where(Study.patient_ref.in_(list(patient_ids)), *scope.access.study_filter())
-            .order_by(Study.pk).limit(limit))
-    return list(scope.session.scalars(stmt))
-
-
-__all__ = ["Cursor", "Page", "Plan", "Scope", "count", "date_match", "id_select", "match_ids", "memory_match",
-           "page", "page_statement", "plan", "references_of", "stored_by_ids", "stored_filter", "stored_referring",
-           "studies_of_patients", "study_filter", "study_patients", "visible_studies"]
+__all__ = ["Cursor", "Page", "Plan", "count", "id_select", "match_ids", "memory_match", "page", "page_statement",
+           "plan", "references_of", "stored_by_ids", "stored_filter", "stored_referring"]
