@@ -47,7 +47,8 @@ def facts(study: dict[str, Any] | None = None, series: dict[str, Any] | None = N
 
 
 def acsn(value: str, system: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]}}
+    out: dict[str, Any] = {"type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"},
+                                               {"system": DCM, "code": "121022", "display": "Accession Number"}]}}
     return {**out, **({"system": system} if system else {}), "value": value}
 
 

@@ -13,7 +13,7 @@ from pydicom.sequence import Sequence
 
 import dicomfactory as f
 from drimhub.mappings import reports as m
-from drimhub.mappings.dicom import LOINC, V2_0203
+from drimhub.mappings.dicom import DCM, LOINC, V2_0203
 
 STUDY, OTHER = "1.2.3.4", "1.2.3.9"
 
@@ -37,7 +37,8 @@ def build(ds: Dataset) -> dict[str, Any]:
     return resource
 
 
-ACSN = {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]}
+ACSN = {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"},
+                   {"system": DCM, "code": "121022", "display": "Accession Number"}]}
 OBSERVER = item(VerifyingObserverName="KERBRAT^Anne^^Dr", VerifyingOrganization="CH",
                 VerificationDateTime="20240316110000+0100",
                 VerifyingObserverIdentificationCodeSequence=Sequence([item(CodeValue="10001",

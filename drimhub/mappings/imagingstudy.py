@@ -97,11 +97,15 @@ def study_uid_identifier(uid: str) -> dict[str, Any]:
 
 
 def accession_identifier(ds: Dataset) -> dict[str, Any] | None:
-    """Accession Number with its issuer (0008,0051) as an Identifier of type v2-0203 ACSN."""
+    """Accession Number with its issuer (0008,0051) as an Identifier of type v2-0203 ACSN.
+
+    IHE RAD MADO adds the type's second coding DCM 121022 "Accession Number" (fhir.md a.4).
+    """
     value = text(ds, "AccessionNumber")
     if value is None:
         return None
-    ident: dict[str, Any] = {"type": {"coding": [_coding(V2_0203, "ACSN", "Accession ID")]}}
+    ident: dict[str, Any] = {"type": {"coding": [_coding(V2_0203, "ACSN", "Accession ID"),
+                                                 _coding(DCM, "121022", "Accession Number")]}}
     system = issuer_system(ds.get("IssuerOfAccessionNumberSequence"))
     if system is not None:
         ident["system"] = system
@@ -235,7 +239,7 @@ def _concept_meaning(ds: Dataset | None) -> str | None:
 STUDY_RULES: tuple[Rule, ...] = (
     Rule("StudyInstanceUID", "(0020,000D)", "identifier[]", f"{NOTES}; {MADO}",
          lambda f: study_uid_identifier(u) if (u := text(f.attrs, "StudyInstanceUID")) else None),
-    Rule("AccessionNumber", "(0008,0050)", "identifier[]", f"{R4}; {NOTES} (issuer (0008,0051))",
+    Rule("AccessionNumber", "(0008,0050)", "identifier[]", f"{R4}; {NOTES} (issuer (0008,0051)); {MADO} (DCM 121022)",
          lambda f: accession_identifier(f.attrs)),
     Rule("", "", "status", f"{R4} (server state: stored instances are available)", lambda f: "available"),
     Rule("ModalitiesInStudy", "(0008,0061)", "modality", f"{R4} (union of the series' Modality)", _modalities),
