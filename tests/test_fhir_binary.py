@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Any
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
@@ -92,3 +93,46 @@ def test_binary_versions_and_access(app: Flask, client: FlaskClient, mint: Mint)
     assert reader.post("/fhir/Binary", data=b"x", headers={"Content-Type": "text/plain"}).status_code == 403
     assert client.patch(f"/fhir/Binary/{bid}", json=[], headers={
         "Content-Type": "application/json-patch+json"}).status_code == 405
+
+
+def test_raw_binary_is_served_sandboxed(client: FlaskClient) -> None:
+    """A text/html Binary must not run in the node's origin (nor be sniffed into something else)."""
+    bid = _store(client, b"<script>alert(1)</script>", "text/html")
+    r = client.get(f"/fhir/Binary/{bid}", headers={"Accept": "text/html"})
+    assert r.status_code == 200 and r.mimetype == "text/html"
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert r.headers["Content-Security-Policy"] == "sandbox"
+
+
+def test_slow_raw_upload_does_not_hold_the_write_lock(live_server: str, mint: Mint) -> None:
+    """The body of a raw Binary is spooled before its transaction: other writers do not wait for it."""
+    import threading
+
+    import requests
+
+    headers = {"Authorization": f"Bearer {mint()}"}
+    written = threading.Event()
+
+    def slow_body() -> Any:
+        yield b"%PDF-1.4 first part"
+        written.wait(4)  # the client pauses until the other write is done (or gives up)
+        yield b" last part"
+
+    upload: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: upload.update(r=requests.post(
+        f"{live_server}/fhir/Binary", data=slow_body(), timeout=30,
+        headers={**headers, "Content-Type": "application/pdf"})))
+    thread.start()
+    try:
+        import time
+        time.sleep(0.3)  # the upload is under way
+        started = time.monotonic()
+        r = requests.post(f"{live_server}/fhir/Patient", json={"resourceType": "Patient"}, timeout=30,
+                          headers={**headers, "Content-Type": FHIR})
+        assert r.status_code == 201 and time.monotonic() - started < 2
+    finally:
+        written.set()
+        thread.join(10)
+    assert upload["r"].status_code == 201
+    assert requests.get(f"{live_server}/fhir/Binary/{upload['r'].json()['id']}", headers=headers,
+                        timeout=10).content == b"%PDF-1.4 first part last part"

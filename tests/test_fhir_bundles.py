@@ -162,3 +162,42 @@ def test_bundle_shape_and_size(client: FlaskClient) -> None:
             "entry": [{"request": {"method": "GET", "url": "Patient/x"}}] * 501}
     r = _post(client, huge)
     assert r.status_code == 413 and r.json["issue"][0]["code"] == "too-costly"
+
+
+def test_transaction_matches_conditional_entries_after_its_deletes(client: FlaskClient) -> None:
+    """R4 http.html#trules: DELETEs first, then POST/PUT; an ifNoneExist sees what the DELETE left."""
+    patient = {"resourceType": "Patient", "identifier": [{"system": INS_TEST, "value": "1111111111111"}]}
+    old = client.post("/fhir/Patient", json=patient, headers={"Content-Type": FHIR}).json["id"]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": patient, "request": {"method": "POST", "url": "Patient",
+                                          "ifNoneExist": f"identifier={INS_TEST}|1111111111111"}},
+        {"request": {"method": "DELETE", "url": f"Patient?identifier={INS_TEST}|1111111111111"}}]}
+    r = _post(client, bundle)
+    assert r.status_code == 200, r.json
+    created, deleted = r.json["entry"]
+    assert created["response"]["status"] == "201 Created" and deleted["response"]["status"] == "204 No Content"
+    assert not created["response"]["location"].startswith(f"Patient/{old}/")
+    assert client.get(f"/fhir/Patient/{old}").status_code == 410
+
+
+def test_entry_urls_must_be_on_this_servers_base(client: FlaskClient) -> None:
+    patient = {"resourceType": "Patient"}
+    for url in ("https://evil.example/fhir/Patient", "http://localhost/other/fhir/Patient"):
+        bundle = {"resourceType": "Bundle", "type": "transaction",
+                  "entry": [{"resource": patient, "request": {"method": "POST", "url": url}}]}
+        assert _post(client, bundle).status_code == 400
+    bundle = {"resourceType": "Bundle", "type": "transaction",
+              "entry": [{"resource": patient, "request": {"method": "POST", "url": "http://localhost/fhir/Patient"}}]}
+    assert _post(client, bundle).json["entry"][0]["response"]["status"] == "201 Created"
+
+
+def test_batch_search_entries_have_a_bounded_count(client: FlaskClient) -> None:
+    for i in range(3):
+        client.post("/fhir/Patient", json={"resourceType": "Patient", "name": [{"family": f"P{i}"}]},
+                    headers={"Content-Type": FHIR})
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"request": {"method": "GET", "url": "Patient?_count=100000"}}]}
+    r = _post(client, bundle)
+    searchset = r.json["entry"][0]["resource"]
+    assert len(searchset["entry"]) == 3
+    assert "_count=100" in searchset["link"][0]["url"] and "_count=100000" not in searchset["link"][0]["url"]
