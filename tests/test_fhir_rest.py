@@ -421,3 +421,14 @@ def test_chunked_fhir_body_larger_than_the_cap_is_413(app: Flask, live_server: s
                       headers={"Authorization": f"Bearer {mint()}", "Content-Type": FHIR})
     assert r.status_code == 413, r.text
     assert r.json()["resourceType"] == "OperationOutcome"
+
+
+def test_imagingstudy_read_has_last_modified(client: FlaskClient) -> None:
+    import dicomfactory as f
+
+    study = f.new_uid()
+    body, ctype = f.multipart([f.ct(study).data])
+    assert client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype}).status_code == 200
+    r = client.get(f"/fhir/ImagingStudy/{study}")
+    assert r.status_code == 200 and r.json["meta"]["lastUpdated"]
+    assert r.headers["Last-Modified"].endswith(" GMT")

@@ -136,6 +136,13 @@ def _same(existing: dict[str, Any], resource: dict[str, Any], forms: list[dict[s
 
 
 def _write_report(session: Session, blobs: FileBlobStore, row: InstanceRow, subject: str | None, org: str) -> None:
+    # Runs inside the STOW's write transaction: it reads the instance and copies its forms to
+    # blobs there. Kept so on purpose: only report instances (an Encapsulated PDF or an SR, a few
+    # hundred kB, already on local disk) pay for it, and whether a report is written at all
+    # depends on the outcome of the indexing in this same transaction (stored, replaced, or
+    # already there with the same content). Preparing the forms before the transaction would
+    # spool blobs that are then often unused, to be cleaned up on every path; raw Binary
+    # uploads, whose size and pace the client sets, are spooled before their transaction.
     with blobs.open(row.blob_key) as f:
         ds = pydicom.dcmread(f)
     draft = reports.report(ds)

@@ -11,9 +11,12 @@ Decisions (R4 http.html):
 - create 201; update 200, or 201 when it created (updateCreate, or a deleted resource brought
   back); delete 204, also for a resource that is already deleted or not known (§delete);
 - conditional create (``If-None-Exist``): 0 matches create, 1 match 200 with it, several 412;
-  conditional update (``PUT Type?criteria``): 0 create (with the body's id if any), 1 update
-  (the body's id, if any, must be the match's: else 400), several 412; conditional delete:
-  0 or 1 match, several 412 (§cond-update, §cdelete);
+  conditional update (``PUT Type?criteria``): 0 create (with the body's id if any, 409 when
+  that id exists), 1 update (the body's id, if any, must be the match's: else 400), several
+  412; conditional delete: 0 or 1 match, several 412 (§cond-update, §cdelete). The match is a
+  search: a conditional create shows the match's body only to a token that may search the type
+  (else 200 with Location and ETag only), a conditional update or delete needs that grant (403);
+  criteria without any search parameter, or with result parameters, are a 400;
 - ``If-Match`` with a stale version: 412 (§concurrency);
 - patch: JSON Patch (RFC 6902); a patch that changes ``id`` or ``resourceType`` or leaves an
   invalid resource is a 422;

@@ -14,6 +14,7 @@ representation | OperationOutcome`` shapes a write's answer (representation by d
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -138,8 +139,15 @@ def _answer(result: Result, write: bool = False) -> Response:
     headers = dict(result.headers)
     if result.stored is not None and result.status != 204:
         headers.update(version_headers(result.stored, result.status))
-    elif result.body is not None and (version := (result.body.get("meta") or {}).get("versionId")):
-        headers["ETag"] = f'W/"{version}"'
+    elif result.body is not None:  # a derived resource (ImagingStudy): its meta says it
+        meta = result.body.get("meta") or {}
+        if version := meta.get("versionId"):
+            headers["ETag"] = f'W/"{version}"'
+        if updated := meta.get("lastUpdated"):
+            try:
+                headers["Last-Modified"] = http_date(datetime.fromisoformat(str(updated)))
+            except ValueError:
+                pass
     body = result.body if result.status != 204 else None
     if write and body is not None:
         prefer = _prefer("return")
