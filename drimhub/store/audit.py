@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, DateTime, Integer, LargeBinary, String, delete, func, or_, select
+from sqlalchemy import ColumnElement, DateTime, Integer, LargeBinary, String, delete, func, insert, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from drimhub.store.engine import write_session
@@ -42,6 +42,9 @@ class AuditRecord(Base):
     org: Mapped[str | None] = mapped_column(String(64))
     request_id: Mapped[str | None] = mapped_column(String(128), index=True)
     resource: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+_INSERT = insert(AuditRecord.__table__)
 
 
 # --- the only ways in and out: append, search, read, and the retention purge -----------------
@@ -87,8 +90,10 @@ def append(sessions: sessionmaker[Session], events: Sequence[tuple[dict[str, Any
     """
     if not events:
         return
+    rows = [{**columns, "resource": resource} for columns, resource in events]
     with write_session(sessions) as session:
-        session.add_all(AuditRecord(**columns, resource=resource) for columns, resource in events)
+        # a Core INSERT (executemany): no unit of work, no ORM objects, one statement per request
+        session.connection().execute(_INSERT, rows)
 
 
 def _token_clause(column: Any, match: TokenMatch) -> ColumnElement[bool]:
