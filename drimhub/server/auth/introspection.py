@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from drimhub.server.auth.clients import AUTH_METHODS, PUBLIC, digest
 from drimhub.server.auth.keys import ALGORITHM
+from drimhub.server.auth.protect import is_revoked
 from drimhub.server.db import get_session, resources
 from drimhub.store.engine import write_session
 from drimhub.store.security import RefreshToken, RevokedToken, User
@@ -50,7 +51,7 @@ class AccessRecord:
 
     def is_revoked(self) -> bool:
         jti = self.claims.get("jti")
-        return get_session().scalar(select(RevokedToken.pk).where(RevokedToken.jti == jti)) is not None
+        return jti is not None and is_revoked(get_session(), str(jti))
 
     def introspection(self) -> dict[str, Any]:
         """RFC 7662 §2.2 members, plus ``org`` and SMART's launch context ``patient``."""
