@@ -155,6 +155,34 @@ def test_wado_of_a_study_records_one_read_event(
     assert event["agent"][0]["type"]["coding"][0]["code"] == "110152"  # the client receives: Destination
 
 
+def test_frames_and_bulkdata_name_their_patient_found_or_not(
+        http: FlaskClient, app: Flask, two_patients: tuple[f.Instance, f.Instance]) -> None:
+    """The one-query path of frames and bulk data notes the same patient as the two-query one,
+    also when the instance is not found (404); another patient's (403) is a Security Alert."""
+    a, b = two_patients
+    inst = f"/dicom-web/studies/{a.study}/series/{a.series}/instances/{a.sop}"
+    other = f"/dicom-web/studies/{a.study}/series/{a.series}/instances/1.2.3.4"
+    cases = [(f"{inst}/frames/1", DATA_SCOPE, "frames-ok", 200, "0"),
+             (f"{inst}/bulkdata/7FE00010", DATA_SCOPE, "bulk-ok", 200, "0"),
+             (f"{other}/frames/1", DATA_SCOPE, "frames-none", 404, "4"),
+             (f"{inst}/frames/9", DATA_SCOPE, "frames-past", 404, "4")]
+    for url, scope, rid, status, outcome in cases:
+        r = http.get(url, headers=auth(app, scope, rid=rid))
+        assert r.status_code == status, (rid, r.get_data()[:200])
+        [(row, _)] = events(app, rid)
+        assert (row.action, row.outcome, row.patient) == ("R", outcome, f"{SYSTEM}|PAT-A"), rid
+    claims = access_token_claims(issuer=ISSUER, audience=ISSUER, subject="p", client_id="app",
+                                 scope="patient/ImagingStudy.rs", org="org-a", patient="PAT-B")
+    patient_b = {"Authorization": f"Bearer {sign(claims, app.extensions['drimhub'].signing_key)}",
+                 "X-Request-Id": "frames-other"}
+    assert http.get(f"{inst}/frames/1", headers=patient_b).status_code == 403
+    [(row, _)] = events(app, "frames-other")  # refused: a Security Alert, which names no patient
+    assert row.patient is None and row.subtype.endswith("110113")
+    assert http.get(f"{inst}/frames/1", headers=auth(app, org="org-b", rid="frames-org")).status_code == 404
+    [(row, _)] = events(app, "frames-org")
+    assert row.patient is None
+
+
 def test_delete_records_one_delete_event(
         http: FlaskClient, app: Flask, two_patients: tuple[f.Instance, f.Instance]) -> None:
     _, b = two_patients

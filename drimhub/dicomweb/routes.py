@@ -22,6 +22,7 @@ from drimhub.server.auth.policy import Requirement, current_access, current_prin
 from drimhub.server.db import get_session, resources
 from drimhub.server.ops import STOW_INSTANCES
 from drimhub.store.access import Access
+from drimhub.store.retrieve import StoredInstance
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicom-web")
 
@@ -104,6 +105,22 @@ def access_to(study: str) -> Access:
     return access
 
 
+def access_to_instance(scope: wado.Scope) -> tuple[Access, StoredInstance | None]:
+    """:func:`access_to` for one instance, with the instance: one query when the caller sees it.
+
+    Otherwise (None for the instance) the answer is :func:`access_to`'s (404, 403, or a study the
+    caller sees without that instance, whose retrieve then answers 404), noted the same way.
+    """
+    access = current_access()
+    found = wado.locate_instance(get_session(), scope, access)
+    if found is None:
+        return access_to(scope.study), None
+    ref, inst = found
+    auditctx.involve(ref.patient_id, ref.study_uid, ref.issuer_of_patient_id)
+    wado.check_patient(ref, access)
+    return access, inst
+
+
 def retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
     access = access_to(study)
     return _answer(wado.retrieve_instances(get_session(), resources().blobs, wado.Scope(study, series, sop),
@@ -118,15 +135,17 @@ def retrieve_metadata(study: str, series: str | None = None, sop: str | None = N
 
 
 def retrieve_frames(study: str, series: str, sop: str, frames: list[int]) -> Response:
-    access = access_to(study)
-    return _answer(wado.retrieve_frames(get_session(), resources().blobs, wado.Scope(study, series, sop), frames,
-                                        _accept(), access=access))
+    scope = wado.Scope(study, series, sop)
+    access, inst = access_to_instance(scope)
+    return _answer(wado.retrieve_frames(get_session(), resources().blobs, scope, frames, _accept(), access=access,
+                                        instance=inst))
 
 
 def retrieve_bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
-    access = access_to(study)
-    return _answer(wado.retrieve_bulkdata(get_session(), resources().blobs, wado.Scope(study, series, sop), tag,
-                                          _accept(), access=access, range_header=request.headers.get("Range")))
+    scope = wado.Scope(study, series, sop)
+    access, inst = access_to_instance(scope)
+    return _answer(wado.retrieve_bulkdata(get_session(), resources().blobs, scope, tag, _accept(), access=access,
+                                          range_header=request.headers.get("Range"), instance=inst))
 
 
 _STUDY = "/studies/<uid:study>"

@@ -99,6 +99,12 @@ def check_patient(ref: StudyRef, access: Access) -> None:
         raise Forbidden(f"study {ref.study_uid} is not of the patient in the access token's context")
 
 
+def locate_instance(session: Session, scope: Scope, access: Access) -> tuple[StudyRef, StoredInstance] | None:
+    """The instance ``scope`` names and its study, in one query, when the caller sees both; else None."""
+    assert scope.series is not None and scope.sop is not None
+    return retrieve.instance_in_study(session, access, scope.study, scope.series, scope.sop)
+
+
 def find_instances(session: Session, scope: Scope, access: Access) -> list[StoredInstance]:
     """The visible instances in scope, in retrieval order; :class:`NotFound` when there are none."""
     found = retrieve.instances(session, access, scope.study, scope.series, scope.sop)
@@ -299,7 +305,7 @@ def _etags(header: str) -> set[str]:
 # --- PS3.18 §10.4.1.1.5-6 Bulkdata and Frames resources ------------------------------------
 
 def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, numbers: list[int],
-                    accept: str | None, *, access: Access) -> WadoAnswer:
+                    accept: str | None, *, access: Access, instance: StoredInstance | None = None) -> WadoAnswer:
     """Frames of one instance, in the order asked, one part each (PS3.18 §10.4.1.1.6, §8.6.1.2).
 
     Raises
@@ -308,8 +314,10 @@ def retrieve_frames(session: Session, blobs: FileBlobStore, scope: Scope, number
         No such instance, no pixel data, or a frame number past NumberOfFrames.
     NotAcceptable
         The frames cannot be produced in any acceptable media type.
+
+    ``instance``: the instance in scope when the caller has already found it (:func:`locate_instance`).
     """
-    inst = find_instances(session, scope, access)[0]
+    inst = instance or find_instances(session, scope, access)[0]
     fr.check_frames(inst, numbers)
     selection = _select_pixels(inst, accept)
     if selection.transfer_syntax != inst.transfer_syntax:
@@ -329,7 +337,8 @@ def _select_pixels(inst: StoredInstance, accept: str | None) -> neg.Selection:
 
 
 def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag: str,
-                      accept: str | None, *, access: Access, range_header: str | None = None) -> WadoAnswer:
+                      accept: str | None, *, access: Access, range_header: str | None = None,
+                      instance: StoredInstance | None = None) -> WadoAnswer:
     """The value of one top-level bulk data element, as the BulkDataURIs of the metadata name it.
 
     Pixel Data comes from the blob range as one native part, or as one part per compressed
@@ -343,11 +352,13 @@ def retrieve_bulkdata(session: Session, blobs: FileBlobStore, scope: Scope, tag:
         No such instance or element.
     NotAcceptable
         The client accepts no representation this node can produce.
+
+    ``instance``: the instance in scope when the caller has already found it (:func:`locate_instance`).
     """
     if not _TAG.match(tag):
         raise NotFound(f"not a bulk data tag: {tag[:16]!r}")
     tag = tag.upper()
-    inst = find_instances(session, scope, access)[0]
+    inst = instance or find_instances(session, scope, access)[0]
     files = fr.BlobFiles(blobs, [inst.blob_key])
     try:
         return closing_files(_bulkdata(files, inst, tag, accept, range_header), files)

@@ -10,11 +10,12 @@ caller may not see is not found.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, NamedTuple
 
 import logging
 
-from sqlalchemy import Delete, Select, delete, exists, select
+from sqlalchemy import Delete, Select, bindparam, delete, exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -60,6 +61,9 @@ class StudyRef:
     issuer_of_patient_id: str | None
 
 
+_STUDY_COLUMNS = (Study.pk, Study.study_uid, Study.org, Study.patient_id, Study.issuer_of_patient_id)
+
+
 def locate_study(session: Session, study: str, access: Access) -> StudyRef | None:
     """The study ``study`` when it exists in an organisation ``access`` sees (its patient is not checked).
 
@@ -83,7 +87,7 @@ def locate_study(session: Session, study: str, access: Access) -> StudyRef | Non
     return StudyRef(*row) if row else None
 
 
-def _scoped(stmt: Select[Any], study: str, series: str | None, sop: str | None, access: Access) -> Select[Any]:
+def _scoped(stmt: Select[Any], study: Any, series: Any, sop: Any, access: Access) -> Select[Any]:
     stmt = (stmt.join(Series, Instance.series_pk == Series.pk).join(Study, Series.study_pk == Study.pk)
             .where(Study.study_uid == study, *access.study_filter()))
     if series is not None:
@@ -115,6 +119,32 @@ def instances(session: Session, access: Access, study: str, series: str | None =
     """
     rows = session.execute(_scoped(select(*_COLUMNS), study, series, sop, access)).all()
     return [StoredInstance(*row) for row in rows]
+
+
+@lru_cache(maxsize=256)
+def _instance_in_study_stmt(access: Access) -> Select[Any]:
+    """The statement of :func:`instance_in_study`, built once per access (the UIDs are bound per call)."""
+    return _scoped(select(*_COLUMNS, *_STUDY_COLUMNS), bindparam("study"), bindparam("series"), bindparam("sop"),
+                   access).limit(1)
+
+
+def instance_in_study(session: Session, access: Access, study: str, series: str,
+                      sop: str) -> tuple[StudyRef, StoredInstance] | None:
+    """One instance and its study in one query (frames, bulk data): what :func:`locate_study`
+    then :func:`instances` would find, under the same access filter.
+
+    Returns
+    -------
+    (StudyRef, StoredInstance) or None
+        None when nothing visible matches; the caller then tells "no such study" (404) from
+        "another patient's study" (403) from "no such instance" (404) with the two queries.
+    """
+    row = session.connection().execute(_instance_in_study_stmt(access),
+                                       {"study": study, "series": series, "sop": sop}).first()
+    if row is None:
+        return None
+    cut = len(_COLUMNS)
+    return StudyRef(*row[cut:]), StoredInstance(*row[:cut])
 
 
 def metadata(session: Session, access: Access, study: str, series: str | None = None,
