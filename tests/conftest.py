@@ -13,6 +13,7 @@ Every route needs a bearer token: the ``client`` fixture sends an all-powerful o
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,7 +32,8 @@ from werkzeug.serving import make_server
 from drimhub.server.app import create_app
 from drimhub.server.auth import tokens
 from drimhub.server.db import Resources
-from drimhub.store import audit, security  # noqa: F401  (their tables join Base.metadata)
+from drimhub.store import audit, migrate, security  # noqa: F401  (their tables join Base.metadata)
+from drimhub.store.engine import make_engine
 from drimhub.store.models import Base
 
 PG_ADMIN_URL = os.environ.get("DRIMHUB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -84,10 +86,21 @@ def fresh_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite database migrated once per session; each test starts from a copy of it."""
+    path = tmp_path_factory.mktemp("template") / "drimhub.db"
+    engine = make_engine(f"sqlite:///{path}")
+    migrate.upgrade(engine)
+    engine.dispose()  # the last connection closing checkpoints the WAL into the file
+    return path
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database URL for one test: a fresh SQLite file, or the session's PostgreSQL database."""
+    """A database URL for one test: a fresh (migrated) SQLite file, or the session's PostgreSQL database."""
     if request.param == "sqlite":
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), tmp_path / "drimhub.db")
         return f"sqlite:///{tmp_path / 'drimhub.db'}"
     url: str = request.getfixturevalue("postgres_url")
     return url
@@ -96,9 +109,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def _truncate(res: Resources) -> None:
     """Empty every table of the shared PostgreSQL test database (SQLite files are per test)."""
     with res.engine.begin() as conn:
-        if conn.dialect.name == "postgresql":
-            tables = ", ".join(sorted(Base.metadata.tables))
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        if conn.dialect.name == "postgresql":  # DELETE: much faster than TRUNCATE on tables this small
+            for table in reversed(Base.metadata.sorted_tables):
+                conn.execute(table.delete())
 
 
 @pytest.fixture(scope="session")
@@ -119,9 +132,8 @@ def app(db_url: str, tmp_path: Path, signing_key_pem: str, app_config: dict[str,
                               "STORAGE_URL": f"file://{tmp_path / 'blobs'}", "SIGNING_KEY": signing_key_pem,
                               "BASE_URL": BASE_URL, **app_config})
     res: Resources = application.extensions["drimhub"]
-    _truncate(res)
+    _truncate(res)  # before, not after: the next test empties it anyway, the last one's is dropped
     yield application
-    _truncate(res)
     res.engine.dispose()
 
 
