@@ -4,7 +4,8 @@ Sources:
 
 R4
     FHIR R4 DiagnosticReport (status diagnostic-report-status, category v2-0074 RAD, code LOINC
-    preferred, presentedForm Attachment) and ``/work/shared/reference/fhir.md`` a.7.
+    preferred, presentedForm Attachment) and the project research notes on FHIR
+    (``shared/reference/fhir.md`` a.7).
 PS3.3
     SR Document General module C.17.2 (Completion Flag (0040,A491), Verification Flag (0040,A493),
     Verifying Observer Sequence (0040,A073), Preliminary Flag (0040,A496), Referenced Request
