@@ -38,7 +38,7 @@ import orjson
 from sqlalchemy.orm import Session, sessionmaker
 
 from drimhub.errors import DrimhubError, InvalidRequest, NotFound, PayloadTooLarge, PreconditionFailed
-from drimhub.fhir import resources, rest
+from drimhub.fhir import locks, resources, rest
 from drimhub.fhir.resources import instant
 from drimhub.fhir.rest import Context, Interaction, Result
 from drimhub.store.access import Access
@@ -194,7 +194,7 @@ def _run_transaction(session: Session, entries: list[Entry], make_context: Conte
     try:
         # every conditional entry's locks, computed from its criteria text, in one sorted pass
         keys = [k for entry in entries for k in _lock_keys(entry.it, ctx(entry).org)]
-        resources.lock_all(session, keys)
+        locks.lock_all(session, keys)
         for current in entries:  # DELETE first: a POST or PUT after it matches what it left
             if current.it.method == "DELETE":
                 results[current.index] = rest.perform(ctx(current), current.it)
@@ -213,13 +213,13 @@ def _run_transaction(session: Session, entries: list[Entry], make_context: Conte
 
 
 def _lock_keys(it: Interaction, org: str) -> list[str]:
-    """The locks a conditional entry takes (:func:`drimhub.fhir.resources.criteria_lock_keys`)."""
+    """The locks a conditional entry takes (:func:`drimhub.fhir.locks.criteria_lock_keys`)."""
     if it.id is not None:
         return []
     if it.method == "POST" and it.if_none_exist:
-        return resources.criteria_lock_keys(it.type, org, it.if_none_exist)
+        return locks.criteria_lock_keys(it.type, org, it.if_none_exist)
     if it.method in ("PUT", "DELETE") and it.query:
-        return resources.criteria_lock_keys(it.type, org, it.query)
+        return locks.criteria_lock_keys(it.type, org, it.query)
     return []
 
 

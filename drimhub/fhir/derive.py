@@ -15,7 +15,7 @@
   delete: its history stays), so that a report never outlives the document it was read from
   (a study deleted because it was filed under the wrong patient takes its report with it).
 
-Writers of one identifier are serialised on :func:`drimhub.fhir.resources.identifier_lock_keys`,
+Writers of one identifier are serialised on :func:`drimhub.fhir.locks.identifier_lock_keys`,
 the keys a conditional create, update or delete naming that identifier and a Patient's delete
 take too. Images cost a SOP Class check each and the batch one query for its studies. A data
 set that cannot be mapped, or whose resource is refused (422), is logged and skipped inside a
@@ -36,7 +36,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from drimhub.fhir import resources
+from drimhub.fhir import locks, resources
 from drimhub.mappings import patient as patient_mapping
 from drimhub.mappings import reports
 from drimhub.mappings.dicom import dataset
@@ -112,7 +112,7 @@ def _merge_patient(session: Session, blobs: FileBlobStore, study_attrs: dict[str
     """The id of the Patient of ``org`` holding one of the patient module's identifiers (created if none)."""
     resource = patient_mapping.patient(dataset(study_attrs))
     idents: list[dict[str, Any]] = resource.get("identifier", [])
-    resources.lock_all(session, resources.identifier_lock_keys("Patient", org, [i["value"] for i in idents]))
+    locks.lock_all(session, locks.identifier_lock_keys("Patient", org, [i["value"] for i in idents]))
     holders = [resources.find_by_identifier(session, "Patient", i.get("system"), i["value"], org) for i in idents]
     target = next((found[0] for found in holders if found), None)
     if target is None:
@@ -152,7 +152,7 @@ def _write_report(session: Session, blobs: FileBlobStore, row: InstanceRow, subj
     if subject is not None:
         resource["subject"] = {"reference": f"Patient/{subject}"}
     value = uid_urn(row.sop_uid)
-    resources.lock_all(session, resources.identifier_lock_keys("DiagnosticReport", org, [value]))
+    locks.lock_all(session, locks.identifier_lock_keys("DiagnosticReport", org, [value]))
     existing = resources.find_by_identifier(session, "DiagnosticReport", DICOM_UID_SYSTEM, value, org)
     if existing and _same(existing[0].content, resource, [reports.attachment(f, "") for f in draft.forms]):
         return

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from drimhub.dicomweb.normalize import fold_text
-from drimhub.fhir.dates import date_range  # also imported from here by drimhub.fhir.rest (_since)
+from drimhub.fhir.dates import date_range
 from drimhub.fhir.registry import IndexValue, SearchParam, resource_type
 
 _WHERE = re.compile(r"^(.*)\.where\(resolve\(\) is (\w+)\)$")

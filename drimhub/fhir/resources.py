@@ -25,13 +25,11 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from fhir.resources.R4B import get_fhir_model_class
@@ -40,12 +38,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from drimhub.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed, Unprocessable
-from drimhub.fhir import indexing, report_rules
+from drimhub.fhir import indexing, locks, report_rules
 from drimhub.fhir.registry import resource_type
 from drimhub.store import fhir as rows
 from drimhub.store.access import Access
 from drimhub.store.blobs import FileBlobStore
-from drimhub.store.models import FhirIndex, FhirResource
+from drimhub.store.models import FhirIndex, FhirResource, utc
 
 #: Largest inline base64 ``data`` accepted in a Binary or a presentedForm (decoded bytes); larger
 #: documents go as a raw ``POST /fhir/Binary``.
@@ -75,18 +73,13 @@ class Stored:
            last_updated: datetime | None = None, blob_key: str | None = None) -> Stored:
         """The current version of ``row``, or another one given by its content and number."""
         data = content if content is not None else row.content
-        return cls(row.type, row.id, version or row.version, _utc(last_updated or row.last_updated), row.org,
+        return cls(row.type, row.id, version or row.version, utc(last_updated or row.last_updated), row.org,
                    orjson.loads(data) if data else {}, blob_key if version else row.blob_key)
 
 
 def instant(moment: datetime) -> str:
     """A FHIR instant in UTC with ``Z`` (``meta.lastUpdated``)."""
-    return _utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _utc(moment: datetime) -> datetime:
-    # SQLite gives back naive datetimes: they were written in UTC
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return utc(moment).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_etag(value: str) -> int | None:
@@ -167,49 +160,13 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def identifier_lock_keys(type_: str, org: str, values: Iterable[str]) -> list[str]:
-    """The lock keys of the identifier ``values`` of ``type_`` in ``org``: THE one rule for every
-    writer of a resource found by identifier (conditional interactions, the DICOM derivation,
-    the delete of a Patient), so that two of them on one identifier always meet on one key.
-
-    The key names the value only (not its system): a criterion ``identifier=value`` without a
-    system and an ``identifier=system|value`` must serialise with each other."""
-    return sorted({f"{type_}|{org}|identifier|{value}" for value in values if value})
-
-
-def _criteria_identifiers(criteria: str) -> list[str]:
-    """The identifier values of the plain ``identifier`` criteria of a search query string."""
-    found = []
-    for key, value in parse_qsl(criteria, keep_blank_values=True):
-        if key != "identifier":
-            continue
-        for item in re.split(r"(?<!\\),", value):
-            found.append(item.split("|", 1)[-1].replace("\\,", ","))
-    return found
-
-
-def criteria_lock_keys(type_: str, org: str, criteria: str) -> list[str]:
-    """The lock keys a conditional writer of ``type_`` with the search ``criteria`` takes: one for
-    the criteria text (normalised), plus :func:`identifier_lock_keys` of its identifier values.
-    ``criteria`` may start with ``Type?`` (some clients send If-None-Exist as a search URL)."""
-    criteria = criteria.removeprefix(f"{type_}?")
-    text = f"{type_}|{org}?{urlencode(sorted(parse_qsl(criteria, keep_blank_values=True)))}"
-    return sorted({text, *identifier_lock_keys(type_, org, _criteria_identifiers(criteria))})
-
-
-def lock_all(session: Session, keys: Iterable[str]) -> None:
-    """Take the locks of ``keys`` in sorted order (one order everywhere: no lock cycle)."""
-    for key in sorted(set(keys)):
-        lock(session, key)
-
-
 def conditional_create(session: Session, blobs: FileBlobStore, resource: dict[str, Any], org: str,
                        criteria: str, access: Access) -> tuple[Stored, bool]:
     """``If-None-Exist: criteria`` (a search query string): the one match (False), or a new resource (True).
 
     Concurrent calls with the same criteria (or naming the same identifier) are serialised
-    (:func:`criteria_lock_keys`): exactly one creates. The match is returned whole: the caller
-    decides whether the token may see it (:func:`drimhub.fhir.rest._create`).
+    (:func:`~drimhub.fhir.locks.criteria_lock_keys`): exactly one creates. The match is returned
+    whole: the caller decides whether the token may see it (:func:`drimhub.fhir.rest._create`).
 
     Raises
     ------
@@ -222,7 +179,7 @@ def conditional_create(session: Session, blobs: FileBlobStore, resource: dict[st
 
     type_ = validate(resource)
     criteria = criteria.removeprefix(f"{type_}?")
-    lock_all(session, criteria_lock_keys(type_, org, criteria))
+    locks.lock_all(session, locks.criteria_lock_keys(type_, org, criteria))
     ids = match_ids(session, type_, criteria, access)
     if len(ids) > 1:
         raise PreconditionFailed(f"If-None-Exist: several {type_} resources match {criteria!r}")
@@ -242,15 +199,6 @@ def find_by_identifier(session: Session, type_: str, system: str | None, value: 
         FhirResource.type == type_, FhirResource.org == org, FhirResource.deleted.is_(False),
         FhirResource.pk.in_(matching)).order_by(FhirResource.pk))
     return [Stored.of(row) for row in found]
-
-
-def lock(session: Session, key: str) -> None:
-    """Serialise the writers of ``key`` until the end of the transaction.
-
-    PostgreSQL: ``pg_advisory_xact_lock`` on a 64-bit hash of ``key``; SQLite: nothing (its
-    writers are already serialised by :func:`drimhub.store.engine.write_session`).
-    """
-    rows.lock(session, key)
 
 
 def read(session: Session, type_: str, id_: str, access: Access) -> Stored:
@@ -293,22 +241,10 @@ def vread(session: Session, type_: str, id_: str, version: int, access: Access) 
 
 def _writable_row(session: Session, type_: str, id_: str, org: str, access: Access) -> FhirResource | None:
     """The row to write ``type_/id_`` over (locked), None when unknown; 409 when another org holds the id."""
-    row = lock_resource(session, type_, id_)
+    row = locks.lock_resource(session, type_, id_)
     if row is not None and (row.org != org or rows.get_visible(session, type_, id_, access) is None):
         raise Conflict(f"the id {type_}/{id_} is not available")
     return row
-
-
-def lock_resource(session: Session, type_: str, id_: str) -> FhirResource | None:
-    """Lock ``type_/id_`` for a write and return its row (None when unknown), current.
-
-    One lock order for every writer of a resource: identifier locks, if any
-    (:func:`identifier_lock_keys`), then the resource's advisory lock (it also serialises two
-    updateCreates of one new id: the second sees the first), then the row (``FOR UPDATE``).
-    Taking the row before the advisory lock (as a patch once did) deadlocks with a PUT.
-    """
-    lock(session, f"{type_}/{id_}")
-    return rows.get(session, type_, id_, for_update=True)
 
 
 def _identifier_values(content: bytes | None) -> list[str]:
@@ -368,13 +304,13 @@ def delete(session: Session, type_: str, id_: str, access: Access, if_match: str
         # the identifier locks of derive._merge_patient: a STOW linking a study to this Patient
         # and this delete run one after the other, so the check below sees the link (409) or the
         # STOW sees the Patient deleted (and makes another)
-        held = identifier_lock_keys(type_, row.org, _identifier_values(row.content))
-        lock_all(session, held)
-    row = lock_resource(session, type_, id_)
+        held = locks.identifier_lock_keys(type_, row.org, _identifier_values(row.content))
+        locks.lock_all(session, held)
+    row = locks.lock_resource(session, type_, id_)
     if row is None or (row.deleted and if_match is None):
         return None
     if type_ == "Patient":
-        lock_all(session, set(identifier_lock_keys(type_, row.org, _identifier_values(row.content))) - set(held))
+        locks.lock_all(session, set(locks.identifier_lock_keys(type_, row.org, _identifier_values(row.content))) - set(held))
     check_version(row, if_match, f"{type_}/{id_}")
     if type_ == "Patient":
         _check_unreferenced(session, row)

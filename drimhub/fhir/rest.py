@@ -39,8 +39,8 @@ from sqlalchemy.orm import Session
 from werkzeug.datastructures import MultiDict
 
 from drimhub.errors import Conflict, Forbidden, InvalidQuery, InvalidRequest, MethodNotAllowed, NotFound, PreconditionFailed, Unprocessable
-from drimhub.fhir import resources
-from drimhub.fhir.indexing import date_range
+from drimhub.fhir import locks, resources
+from drimhub.fhir.dates import date_range
 from drimhub.fhir.registry import ResourceType, resource_type
 from drimhub.fhir.resources import Stored, instant
 from drimhub.store import fhir as rows
@@ -315,7 +315,7 @@ def _patch(ctx: Context, it: Interaction) -> Result:
     assert it.id is not None
     if not isinstance(it.body, list):
         raise InvalidRequest("a JSON Patch is a JSON array of operations (RFC 6902)")
-    resources.lock_resource(ctx.session, it.type, it.id)  # no concurrent writer between read and update
+    locks.lock_resource(ctx.session, it.type, it.id)  # no concurrent writer between read and update
     current = resources.read(ctx.session, it.type, it.id, ctx.access)
     try:
         patched = jsonpatch.JsonPatch(it.body).apply(copy.deepcopy(current.content))
@@ -378,7 +378,7 @@ def match(ctx: Context, type_: str, query: str, *, lock: bool = False) -> list[s
     """Ids of ``type_`` matching a search query string (conditional interactions and references):
     none, one, or two standing for several (:func:`drimhub.fhir.search.match_ids`).
 
-    ``lock``: first take :func:`drimhub.fhir.resources.criteria_lock_keys` (a transaction has
+    ``lock``: first take :func:`drimhub.fhir.locks.criteria_lock_keys` (a transaction has
     taken them all beforehand, in order: taking them again is free)."""
     from drimhub.fhir.search import match_ids
 
@@ -386,7 +386,7 @@ def match(ctx: Context, type_: str, query: str, *, lock: bool = False) -> list[s
     if not query:
         raise InvalidQuery(f"a conditional interaction on {type_} needs search criteria")
     if lock:
-        resources.lock_all(ctx.session, resources.criteria_lock_keys(type_, ctx.org, query))
+        locks.lock_all(ctx.session, locks.criteria_lock_keys(type_, ctx.org, query))
     return match_ids(ctx.session, type_, query, ctx.access)
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, DateTime, Integer, LargeBinary, String, de
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from drimhub.store.engine import write_session
-from drimhub.store.models import Base
+from drimhub.store.models import Base, utc
 
 
 class AuditRecord(Base):
@@ -105,9 +105,9 @@ def _token_clause(column: Any, match: TokenMatch) -> ColumnElement[bool]:
 def _conditions(query: AuditQuery) -> list[ColumnElement[bool]]:
     conds: list[ColumnElement[bool]] = []
     if query.since is not None:
-        conds.append(AuditRecord.recorded >= _utc(query.since))
+        conds.append(AuditRecord.recorded >= utc(query.since))
     if query.until is not None:
-        conds.append(AuditRecord.recorded < _utc(query.until))
+        conds.append(AuditRecord.recorded < utc(query.until))
     if query.patient:
         conds.append(_token_clause(AuditRecord.patient, query.patient))
     if query.agent:
@@ -155,14 +155,8 @@ def purge(sessions: sessionmaker[Session], older_than_days: int, now: datetime |
     """
     if older_than_days < 0:
         raise ValueError("the retention period cannot be negative")
-    cutoff = _utc(now or datetime.now(timezone.utc)) - timedelta(days=older_than_days)
+    cutoff = utc(now or datetime.now(timezone.utc)) - timedelta(days=older_than_days)
     with write_session(sessions) as session:
         result = session.execute(delete(AuditRecord).where(AuditRecord.recorded < cutoff))
     return int(getattr(result, "rowcount", 0) or 0)
 
-
-def _utc(moment: datetime) -> datetime:
-    """Aware UTC (SQLite keeps no offset: every stored and compared value is UTC)."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=timezone.utc)
-    return moment.astimezone(timezone.utc)

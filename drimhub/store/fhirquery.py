@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, DateTime, and_, func, or_
 from sqlalchemy.orm import Session
 
 from drimhub.store.access import Access
+from drimhub.store.models import utc
 
 #: Page size when a search gives no ``_count`` (search.html §3.1.1.5.6).
 DEFAULT_COUNT = 50
@@ -234,14 +235,6 @@ def stored_instant(scope: Scope, column: Any) -> Any:
         return func.strftime("%Y-%m-%d %H:%M:%f000", column, type_=DateTime(timezone=True))
     return column
 
-
-def utc(moment: datetime) -> datetime:
-    """``moment`` as an aware UTC datetime; a naive one is taken as UTC.
-
-    Timestamps read back from SQLite are naive (it keeps no offset; every one was written in
-    UTC), and a FHIR dateTime without a zone is read as UTC (:mod:`drimhub.fhir.dates`).
-    """
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 __all__ = ["Criterion", "DEFAULT_COUNT", "DateValue", "Include", "IndexValue", "Param", "Query", "Ref", "Scope",

@@ -8,7 +8,7 @@ from, so that neither QIDO nor WADO metadata re-reads a DICOM file.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, String,
                         UniqueConstraint, func)
@@ -19,6 +19,15 @@ PN_LEN = 324
 UID_LEN = 64
 #: Owner of data stored before organisations existed (migration 0002) or without a token org.
 DEFAULT_ORG = "local"
+
+
+def utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime; a naive one is taken as UTC.
+
+    Timestamps read back from SQLite are naive (it keeps no offset; every one was written in
+    UTC), and a FHIR dateTime without a zone is read as UTC (:mod:`drimhub.fhir.dates`).
+    """
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
