@@ -32,7 +32,7 @@ from werkzeug.serving import make_server
 from drimhub.server.app import create_app
 from drimhub.server.auth import tokens
 from drimhub.server.db import Resources
-from drimhub.store import audit, migrate, security  # noqa: F401  (their tables join Base.metadata)
+from drimhub.store import audit, migrate, network, security  # noqa: F401  (their tables join Base.metadata)
 from drimhub.store.engine import make_engine
 from drimhub.store.models import Base
 

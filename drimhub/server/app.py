@@ -45,8 +45,12 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     from drimhub.dicomweb import routes as dicomweb_routes
     from drimhub.dicomweb import uri_routes as wado_uri_routes
     from drimhub.fhir import audit_routes
+    from drimhub.federation import routes as federation_routes
     from drimhub.fhir import routes as fhir_routes
+    from drimhub.jobs import queue as job_queue
+    from drimhub.jobs import routes as job_routes
     from drimhub.server.auth import routes as auth_routes
+    from drimhub.sharing import routes as sharing_routes
 
     dicomweb_routes.init_app(app)
     wado_uri_routes.init_app(app)
@@ -54,6 +58,10 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     fhir_routes.init_app(app)
     conformance_routes.init_app(app)
     auth_routes.init_app(app)
+    job_queue.init_app(app)
+    federation_routes.init_app(app)
+    job_routes.init_app(app)
+    sharing_routes.init_app(app)
     return app
 
 

@@ -327,3 +327,16 @@ def user_add(username: str, scope: str, org: str, display_name: str, password_st
     finally:
         res.engine.dispose()
     click.echo(f"user {username} added (org {org})")
+
+
+def _add_package_commands() -> None:
+    """The commands of the sharing node's packages (``peer``, ``worker``, ``purge``...)."""
+    from drimhub.federation.cli import COMMANDS as federation
+    from drimhub.jobs.cli import COMMANDS as jobs
+    from drimhub.sharing.cli import COMMANDS as sharing
+
+    for command in (*federation, *jobs, *sharing):
+        main.add_command(command)
+
+
+_add_package_commands()

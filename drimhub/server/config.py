@@ -49,6 +49,20 @@ DEFAULTS: dict[str, Any] = {
     # ProxyFix trusts that many hops). 0: the headers are ignored. Behind one TLS-terminating
     # proxy, 1: the client's address, https and the public host then reach the application.
     "PROXY_HOPS": 0,
+    # --- sharing node (drimhub.federation, drimhub.jobs, drimhub.sharing) ---
+    # Seconds a federated request waits for each peer before answering without it (Warning).
+    "PEER_TIMEOUT": 10.0,
+    # Days a study retrieved from a peer is kept as a cached copy (then `drimhub purge` removes it).
+    "CACHE_DAYS": 30,
+    # Job queue (huey): "sqlite:///PATH" (default: <DATA_DIR>/jobs.db, one machine) or
+    # "redis://HOST:PORT/DB" (several machines).
+    "JOBS_URL": None,
+    # Retention policies, "KIND=DAYS" items separated by spaces or commas: "cached=30" (copies of
+    # peers' studies, counted from their retrieval), "org:ORG=90" (studies of organisation ORG,
+    # counted from their final report). See drimhub.sharing.retention.
+    "RETENTION": "",
+    # Longest lifetime of a share grant, in days.
+    "SHARE_MAX_DAYS": 365,
     # Apply migrations when the app starts (the CLI's serve does it before forking workers).
     "AUTO_MIGRATE": True,
 }
@@ -74,5 +88,7 @@ def load(app: Flask, overrides: Mapping[str, Any] | None) -> None:
     cap = app.config["FHIR_MAX_BODY"]
     if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
         raise DrimhubError(f"DRIMHUB_FHIR_MAX_BODY must be a number of bytes (1 or more), not {cap!r}")
+    if not app.config["JOBS_URL"]:
+        app.config["JOBS_URL"] = f"sqlite:///{data_dir / 'jobs.db'}"
     if app.config["STOW_DUPLICATE_POLICY"] not in _POLICIES:
         raise DrimhubError(f"DRIMHUB_STOW_DUPLICATE_POLICY must be one of {', '.join(_POLICIES)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement
+from sqlalchemy import ColumnElement, or_
 
 from drimhub.store.models import Study
 
@@ -47,10 +47,22 @@ class Access:
         Organisations whose studies are visible; ``None`` means every organisation.
     patient : PatientRef or None
         The only patient whose studies are visible (``patient/`` scopes); ``None``: any patient.
+    shared : frozenset of str
+        Studies (Study Instance UIDs) of other organisations visible through a share grant to the
+        caller's organisation or to the caller (:mod:`drimhub.sharing.grants`).
+    only : frozenset of str or None
+        The only studies visible at all (a share link's capability: one study); ``None``: no such
+        restriction.
+    opposed : frozenset of str
+        FHIR Patient ids whose studies are hidden because the patient opposed sharing
+        (:mod:`drimhub.sharing.consent`): set for peers' and shared access, never for local care.
     """
 
     orgs: frozenset[str] | None
     patient: PatientRef | None = None
+    shared: frozenset[str] = frozenset()
+    only: frozenset[str] | None = None
+    opposed: frozenset[str] = frozenset()
 
     @classmethod
     def of_org(cls, org: str, patient: PatientRef | None = None) -> Access:
@@ -58,7 +70,7 @@ class Access:
         return cls(frozenset({org}), patient)
 
     def sees_org(self, org: str) -> bool:
-        """True when studies owned by ``org`` are visible."""
+        """True when studies owned by ``org`` are visible (share grants aside)."""
         return self.orgs is None or org in self.orgs
 
     def sees_patient(self, patient_id: str | None, issuer: str | None) -> bool:
@@ -69,7 +81,12 @@ class Access:
         """SQL conditions on :class:`~drimhub.store.models.Study` (organisation and patient)."""
         clauses: list[ColumnElement[bool]] = []
         if self.orgs is not None:
-            clauses.append(Study.org.in_(sorted(self.orgs)))
+            own = Study.org.in_(sorted(self.orgs))
+            clauses.append(or_(own, Study.study_uid.in_(sorted(self.shared))) if self.shared else own)
+        if self.only is not None:
+            clauses.append(Study.study_uid.in_(sorted(self.only)))
+        if self.opposed:
+            clauses.append(or_(Study.patient_ref.is_(None), Study.patient_ref.not_in(sorted(self.opposed))))
         if self.patient is not None:
             clauses.append(Study.patient_id == self.patient.id)
             if self.patient.issuer is not None:

@@ -61,6 +61,10 @@ class Study(Base):
     #: Id of the FHIR Patient (same organisation) this study's patient module was merged into
     #: when the study was first stored (ImagingStudy.subject).
     patient_ref: Mapped[str | None] = mapped_column(String(64), index=True)
+    #: Name of the peer this study is a cached copy of (None: stored here), and when the copy
+    #: expires (``drimhub purge``).
+    origin: Mapped[str | None] = mapped_column(String(64), index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attrs: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

@@ -64,6 +64,15 @@ log = logging.getLogger(__name__)
 METRICS_SCOPE = "drimhub/metrics.read"
 #: Deliberate grant for regional hubs: QIDO over every organisation's studies.
 CROSS_ORG_SEARCH = "drimhub/cross-org.s"
+#: Node administration: peers and push rules (``/api/peers``), every job, purges.
+ADMIN_SCOPE = "drimhub/admin"
+#: Grant, list and revoke shares of the caller's organisation's studies (``/api/shares``).
+SHARE_SCOPE = "drimhub/share"
+#: Push the caller's organisation's studies to a peer, and follow those jobs.
+PUSH_SCOPE = "drimhub/push"
+#: Given to a peer node's client at this node: with ImagingStudy ``rs``, search and read every
+#: organisation's studies but those of patients who opposed sharing (drimhub.sharing.consent).
+PEER_SCOPE = "drimhub/peer"
 
 #: URL rules (patterns) answered without a token, exactly.
 PUBLIC_RULES = frozenset({"/healthz", "/readyz", "/fhir/metadata"})

@@ -13,7 +13,8 @@ class Principal:
 
     ``org`` is the organisation the token acts for (claim ``org``); ``patient`` the patient
     context of ``patient/`` scopes (claim ``patient``: a Patient ID, optionally
-    ``issuer|id``); ``token_ref`` identifies the token in audit records without revealing it
+    ``issuer|id``); ``share`` the grant a share link's capability token stands for;
+    ``token_ref`` identifies the token in audit records without revealing it
     (its ``jti``, or the last 32 characters of an opaque token).
     """
 
@@ -25,3 +26,5 @@ class Principal:
     token_ref: str
     patient: str | None = None
     expires_at: int | None = None
+    #: Id of the share grant a capability token (share link) was issued for (claim ``share``).
+    share: str | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from drimhub.store import audit, security  # noqa: F401  (their tables join Base.metadata)
+from drimhub.store import audit, network, security  # noqa: F401  (their tables join Base.metadata)
 from drimhub.store.models import Base
 
 config = context.config

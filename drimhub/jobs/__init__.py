@@ -1,0 +1,1 @@
+"""Durable background jobs (huey): pushes to peers, scheduled purges."""

@@ -1,0 +1,1 @@
+"""Sharing: share grants and capability links, consent, KOS/MADO manifests, retention."""
