@@ -7,3 +7,6 @@ from flask import Flask
 
 def init_app(app: Flask) -> None:
     """Register the routes and their access rules."""
+    from drimhub.federation import peer_routes
+
+    peer_routes.init_app(app)
