@@ -8,7 +8,7 @@ when it really answers (the CapabilityStatement test checks each one).
 Two kinds of resource types:
 
 stored
-    Patient, DiagnosticReport, Binary: kept as FHIR JSON with their versions
+    Patient, DiagnosticReport, Binary, Consent: kept as FHIR JSON with their versions
     (:class:`~drimhub.store.models.FhirResource`); searched through the index table
     (:class:`~drimhub.store.models.FhirIndex`), one :class:`~drimhub.store.fhirquery.IndexValue` per value.
 derived
@@ -204,9 +204,33 @@ BINARY = ResourceType(
     notes="Report documents (PDF, HTML); GET with Accept of the stored type returns the raw bytes, streamed.",
 )
 
+CONSENT = ResourceType(
+    name="Consent",
+    derived=False,
+    interactions=("read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create",
+                  "search-type"),
+    params=(
+        SearchParam("patient", "reference", "Consent.patient", "Who the consent applies to", ("Patient",)),
+        SearchParam("status", "token", "Consent.status",
+                    "draft | proposed | active | rejected | inactive | entered-in-error"),
+        SearchParam("scope", "token", "Consent.scope", "Which of the four areas this resource covers (extensible)"),
+        SearchParam("category", "token", "Consent.category",
+                    "Classification of the consent statement - for indexing/retrieval"),
+        SearchParam("date", "date", "Consent.dateTime", "When this Consent was created or indexed"),
+        SearchParam("action", "token", "Consent.provision.action", "Actions controlled by this rule"),
+        SearchParam("purpose", "token", "Consent.provision.purpose", "Context of activities covered by this rule"),
+        SearchParam("period", "date", "Consent.provision.period", "Timeframe for this rule"),
+        SearchParam("identifier", "token", "Consent.identifier", "Identifier for this record (external references)"),
+    ),
+    includes=("Consent:patient",),
+    sorts=("_id", "_lastUpdated", "date"),
+    notes="A patient's opposition to sharing (scope patient-privacy, provision.type deny) refuses shares, pushes "
+          "and peers' access to their studies (drimhub.sharing.consent).",
+)
+
 #: Every resource type served under /fhir but AuditEvent (see drimhub.fhir.audit_routes).
 RESOURCE_TYPES: dict[str, ResourceType] = {
-    t.name: t for t in (IMAGING_STUDY, DIAGNOSTIC_REPORT, PATIENT, ENDPOINT, BINARY)
+    t.name: t for t in (IMAGING_STUDY, DIAGNOSTIC_REPORT, PATIENT, ENDPOINT, BINARY, CONSENT)
 }
 
 
