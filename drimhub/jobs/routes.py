@@ -1,9 +1,108 @@
-"""HTTP routes of this package."""
+"""``POST /api/peers/{peer}/push`` and ``GET /api/jobs/{id}`` (ARCHITECTURE §3), and the STOW hook
+that queues the pushes of the push rules.
+
+Access: both need :data:`~drimhub.server.auth.policy.PUSH_SCOPE` (the caller's organisation's
+studies and jobs) or :data:`~drimhub.server.auth.policy.ADMIN_SCOPE` (every job). A rule can name
+one scope only, so the hook authenticates (:data:`~drimhub.server.auth.policy.PER_ENTRY`) and
+:func:`_authorise` decides, failing closed with 403 ``insufficient_scope``.
+"""
 
 from __future__ import annotations
 
-from flask import Flask
+import logging
+from collections.abc import Iterable
+
+import orjson
+from flask import Blueprint, Flask, Response, request
+
+from drimhub.dicomweb.uids import is_valid_uid
+from drimhub.errors import Forbidden, InvalidRequest, NotFound
+from drimhub.jobs import queue, rules, state
+from drimhub.server import auditctx
+from drimhub.server.auth import policy
+from drimhub.server.auth.policy import Requirement, current_principal
+from drimhub.server.auth.principal import Principal
+from drimhub.server.db import get_session, resources
+from drimhub.store.access import Access
+from drimhub.store.engine import write_session
+from drimhub.store.retrieve import locate_study
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("jobs", __name__, url_prefix="/api")
+
+
+def _authorise(principal: Principal) -> bool:
+    """True for an administrator (every job), False for a pusher (its organisation's); else 403."""
+    try:
+        policy.authorize(principal, Requirement(scope=policy.ADMIN_SCOPE))
+        return True
+    except Forbidden:
+        policy.authorize(principal, Requirement(scope=policy.PUSH_SCOPE))  # raises insufficient_scope
+        return False
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
+
+
+def push(peer: str) -> Response:
+    """Queue a push of the caller's organisation's study to ``peer``: 202 with the job.
+
+    404 for an unknown peer or a study the caller's organisation does not hold; 403 when the
+    patient opposed sharing. A push of the same study to the same peer still pending is
+    answered with that job.
+    """
+    from drimhub.federation.peers import get_peer
+    from drimhub.sharing import consent
+
+    principal = current_principal()
+    _authorise(principal)
+    body = request.get_json(silent=True)
+    study = body.get("study") if isinstance(body, dict) else None
+    if not isinstance(study, str) or not is_valid_uid(study):
+        raise InvalidRequest('the body must be {"study": "<Study Instance UID>"}')
+    session = get_session()
+    found = locate_study(session, study, Access.of_org(principal.org))
+    if found is None:
+        raise NotFound(f"no study {study} is stored for organisation {principal.org}")
+    auditctx.involve(found.patient_id, study, found.issuer_of_patient_id)
+    get_peer(session, peer)
+    consent.check_shareable(session, study)
+    session.rollback()  # end the read transaction before the write (SQLite)
+    with write_session(resources().sessions) as writer:
+        job, _ = rules.push_job(writer, principal.org, principal.sub, peer, study)
+    queue.enqueue(job.id)
+    return _json(state.job_json(job), 202, {"Location": f"/api/jobs/{job.id}"})
+
+
+def get_job(job_id: str) -> Response:
+    """The job ``job_id`` if the caller's organisation owns it (or the caller administers); else 404."""
+    principal = current_principal()
+    admin = _authorise(principal)
+    job = state.get(get_session(), job_id)
+    if job is None or not (admin or job.org == principal.org):
+        raise NotFound(f"no job {job_id}")
+    return _json(state.job_json(job))
+
+
+bp.add_url_rule("/peers/<peer>/push", "push", push, methods=["POST"])
+bp.add_url_rule("/jobs/<job_id>", "get_job", get_job, methods=["GET"])
+
+
+def after_stow(studies: Iterable[str]) -> None:
+    """After a STOW committed: queue the pushes the push rules ask for (never fails the STOW:
+    a job row committed but not enqueued is handed over by the periodic recovery)."""
+    studies = sorted(studies)
+    try:
+        for job_id in rules.jobs_for_stored(resources().sessions, studies):
+            queue.enqueue(job_id)
+    except Exception:
+        log.exception("push rules: the pushes of studies %s were not all queued", studies)
 
 
 def init_app(app: Flask) -> None:
     """Register the routes and their access rules."""
+    app.register_blueprint(bp)
+    policy.require("jobs.push", Requirement(policy.PER_ENTRY))
+    policy.require("jobs.get_job", Requirement(policy.PER_ENTRY))

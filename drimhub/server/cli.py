@@ -34,8 +34,12 @@ def _app(**overrides: Any) -> Any:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to bind.")
 @click.option("--workers", default=None, type=int, help="Worker processes (default: 2 x cores).")
 @click.option("--threads", default=4, show_default=True, type=int, help="Threads per worker.")
-def serve(host: str, port: int, workers: int | None, threads: int) -> None:
+@click.option("--no-worker", is_flag=True, help="Do not start a background job worker (run `drimhub worker` elsewhere).")
+def serve(host: str, port: int, workers: int | None, threads: int, no_worker: bool) -> None:
     """Serve with gunicorn, after applying migrations and sweeping leftovers of a crash.
+
+    Unless ``--no-worker``, one background job worker (``drimhub worker``) runs beside gunicorn
+    and stops with it.
 
     A non-loopback ``--host`` needs ``DRIMHUB_BASE_URL`` and a usable signing key, else the
     command exits with status 2 before binding (see :func:`exposure_problems`).
@@ -65,9 +69,15 @@ def serve(host: str, port: int, workers: int | None, threads: int) -> None:
     temps, orphans = sweep(res.sessions, res.blobs, float(app.config["SWEEP_MIN_AGE"]))
     res.engine.dispose()
     click.echo(f"drimhub: swept {temps} temporary files and {orphans} orphan blobs", err=True)
+    from drimhub.jobs import worker as job_worker
     from drimhub.server.wsgi import run_gunicorn
 
-    run_gunicorn(host, port, workers or 2 * (os.cpu_count() or 1), threads)
+    background = None if no_worker else job_worker.spawn()
+    try:
+        run_gunicorn(host, port, workers or 2 * (os.cpu_count() or 1), threads)
+    finally:
+        if background is not None:
+            job_worker.stop(background)
 
 
 def _refuse(headline: str, problems: list[str], advice: str = "") -> NoReturn:
