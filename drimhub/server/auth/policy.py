@@ -43,7 +43,21 @@ Organisations
     studies (another organisation's study is a 404 on WADO and DELETE, absent from QIDO, refused
     per instance on STOW). The one deliberate exception is :data:`CROSS_ORG_SEARCH`: a regional
     hub's token carrying it (with an ImagingStudy ``s`` grant) searches every organisation; it
-    still reads only its own. :func:`visible_orgs` is the one place to extend with share grants.
+    still reads only its own.
+Shares (:mod:`drimhub.sharing.grants`) and peers
+    :func:`authorize` is the one place. An ImagingStudy ``r``/``s`` request of a caller whose
+    organisation (grantee org) or ``sub`` (grantee user) holds active grants also sees those
+    studies (:attr:`Access.shared`, one indexed query per such request; the WADO-RS retrieve of
+    instances, series, studies, bulk data and WADO-URI ``application/dicom``, :func:`needs_download`,
+    count only the grants with ``download``). A share link's capability (claim ``share``, this
+    node's tokens only) sees its one study (:attr:`Access.only`) and nothing else: only
+    ImagingStudy ``r``/``s`` on ``/dicom-web``, ``/wado`` and ``/fhir`` (no batch, no
+    ``_include``, ``_revinclude``, ``_has`` nor chained parameter), else 403; its grant is looked
+    up on every request (revoked or expired: 401 ``invalid_token`` with the reason). A peer node's
+    token (:data:`PEER_SCOPE`) searches and reads every organisation's studies but those of
+    patients who opposed sharing (:mod:`drimhub.sharing.consent`): absent from searches, 403 with
+    the reason on any URL naming such a study (:func:`check_opposition`). So is a capability of
+    a study whose patient opposed. The owning organisation's own access never looks at consent.
 """
 
 from __future__ import annotations
@@ -55,7 +69,9 @@ from flask import Flask, g, request
 
 from drimhub.server.auth import protect
 from drimhub.server.auth.principal import Principal
-from drimhub.errors import Forbidden
+from drimhub.server.db import get_session
+from drimhub.errors import Forbidden, Unauthorized
+from drimhub.sharing import consent, grants
 from drimhub.store.access import Access, PatientRef
 
 log = logging.getLogger(__name__)
@@ -73,6 +89,16 @@ PUSH_SCOPE = "drimhub/push"
 #: Given to a peer node's client at this node: with ImagingStudy ``rs``, search and read every
 #: organisation's studies but those of patients who opposed sharing (drimhub.sharing.consent).
 PEER_SCOPE = "drimhub/peer"
+
+#: SMART permissions that read studies: the only ones shares and peers extend.
+READS = frozenset({"r", "s"})
+#: View names (of any blueprint) that hand out the stored DICOM objects themselves (WADO-RS
+#: PS3.18 §10.4.1.1.1 and §10.4.1.1.5): a share grant needs ``download`` for them.
+DOWNLOAD_VIEWS = frozenset({"retrieve_study", "retrieve_series", "retrieve_instance", "bulkdata"})
+#: Blueprints a share link's capability may be used on.
+CAPABILITY_BLUEPRINTS = frozenset({"dicomweb", "wado_uri", "fhir"})
+#: FHIR search parameters reaching resources other than the matches: refused to a capability.
+_REACHING = ("_include", "_revinclude", "_has")
 
 #: URL rules (patterns) answered without a token, exactly.
 PUBLIC_RULES = frozenset({"/healthz", "/readyz", "/fhir/metadata"})
@@ -130,40 +156,113 @@ def is_public(rule: str) -> bool:
     return rule in PUBLIC_RULES or rule.startswith(PUBLIC_PREFIXES)
 
 
-def visible_orgs(principal: Principal, permission: str) -> frozenset[str] | None:
+def visible_orgs(principal: Principal, permission: str, resource: str | None = None) -> frozenset[str] | None:
     """Organisations whose studies ``principal`` may use with ``permission``; None: every one.
 
-    The caller's own organisation; every organisation for a search with :data:`CROSS_ORG_SEARCH`.
-    Share grants (a later issue) extend this function and nothing else.
+    The caller's own organisation; every organisation for a search with :data:`CROSS_ORG_SEARCH`,
+    and for an ImagingStudy search or read with :data:`PEER_SCOPE` (minus the opposed patients,
+    :func:`authorize`). Share grants add single studies (:attr:`Access.shared`), not organisations.
     """
     if permission == "s" and CROSS_ORG_SEARCH in principal.scopes.other:
+        return None
+    if permission in READS and resource == "ImagingStudy" and PEER_SCOPE in principal.scopes.other:
         return None
     return frozenset({principal.org})
 
 
-def authorize(principal: Principal, requirement: Requirement) -> Access:
+def needs_download() -> bool:
+    """True when the current request retrieves the DICOM objects themselves (a share's ``download``).
+
+    WADO-RS retrieve of instances, series, studies and bulk data (:data:`DOWNLOAD_VIEWS`); WADO-URI
+    unless every ``contentType`` it lists is an image type (a rendering, PS3.18 §9.1.2.1: without
+    one, an instance without pixel data comes as ``application/dicom``).
+    """
+    endpoint = str(request.endpoint)
+    if endpoint.rsplit(".", 1)[-1] in DOWNLOAD_VIEWS:
+        return True
+    if endpoint == "wado_uri.wado":
+        types = [t.split(";")[0].strip().lower() for t in request.args.get("contentType", "").split(",")]
+        return not all(t.startswith("image/") for t in types)
+    return False
+
+
+def authorize(principal: Principal, requirement: Requirement, *, download: bool = False) -> Access:
     """The access ``principal`` has for an endpoint with ``requirement``.
+
+    ``download``: the request retrieves the DICOM objects themselves (:func:`needs_download`).
 
     Raises
     ------
     Forbidden
         The scopes do not grant it (``insufficient_scope``), or a ``patient/`` scope comes
-        without a ``patient`` claim.
+        without a ``patient`` claim; a capability asked for anything but reading its study, or
+        to download without the grant's ``download``; a capability of an opposed patient's study.
+    Unauthorized
+        A capability whose grant is revoked or expired (``invalid_token``).
     """
     if requirement.scope is not None:
-        if requirement.scope not in principal.scopes.other:
+        if principal.share is not None or requirement.scope not in principal.scopes.other:
             raise _insufficient(requirement)
         return Access.of_org(principal.org)
     assert requirement.resource is not None and requirement.permission is not None
     contexts = principal.scopes.contexts_for(requirement.resource, requirement.permission)
     if not contexts:
         raise _insufficient(requirement)
+    if principal.share is not None:
+        return _capability(principal, requirement, download)
     patient = None
     if contexts == {"patient"}:
         if not principal.patient:
             raise _insufficient(requirement, "a patient/ scope needs a patient context (claim patient)")
         patient = PatientRef.parse(principal.patient)
-    return Access(visible_orgs(principal, requirement.permission), patient)
+    orgs = visible_orgs(principal, requirement.permission, requirement.resource)
+    if requirement.resource != "ImagingStudy" or requirement.permission not in READS:
+        return Access(orgs, patient)
+    if orgs is None:
+        peer = PEER_SCOPE in principal.scopes.other
+        return Access(None, patient, opposed=consent.opposed_patients(get_session()) if peer else frozenset())
+    shared = grants.shared_studies(get_session(), principal.org, principal.sub, download=download)
+    return Access(orgs, patient, shared=shared)
+
+
+def _capability(principal: Principal, requirement: Requirement, download: bool) -> Access:
+    """The access of a share link's capability: its one study, while its grant is active."""
+    assert principal.share is not None
+    if requirement.resource != "ImagingStudy" or requirement.permission not in READS:
+        raise _insufficient(requirement, "a share link reads its one study only")
+    session = get_session()
+    try:
+        grant = grants.capability_grant(session, principal.share, principal.token_ref)
+    except Unauthorized as exc:
+        raise Unauthorized(exc.message, oauth_error="invalid_token",
+                           www_authenticate=protect.www_authenticate("invalid_token", exc.message)) from None
+    if download and "download" not in grant.permissions.split():
+        raise _insufficient(requirement, "this share link permits reading, not downloading the DICOM instances")
+    consent.check_shareable(session, grant.study_uid)
+    return Access(frozenset({grant.org}), only=frozenset({grant.study_uid}))
+
+
+def _confine_capability(requirement: Requirement) -> None:
+    """403 unless a capability's request is one it may make at all (see the module docstring)."""
+    fhir_reach = request.blueprint == "fhir" and any(
+        name.startswith(_REACHING) or "." in name for name in request.args)
+    if request.blueprint not in CAPABILITY_BLUEPRINTS or requirement.resource == PER_ENTRY or fhir_reach:
+        raise _insufficient(requirement, "a share link reads its one study only")
+
+
+def requested_study() -> str | None:
+    """The study the current URL names: view argument ``study``, or WADO-URI's ``studyUID``."""
+    study = (request.view_args or {}).get("study")
+    if study is None and request.endpoint == "wado_uri.wado":
+        study = request.args.get("studyUID")  # PS3.18 §9.1.2.1
+    return str(study) if study else None
+
+
+def check_opposition(access: Access) -> None:
+    """403 with the reason when ``access`` hides opposed patients and the URL names such a study."""
+    study = requested_study()
+    if access.opposed and study is not None:
+        consent.check_shareable(get_session(), study)
 
 
 def _insufficient(requirement: Requirement, reason: str | None = None) -> Forbidden:
@@ -187,11 +286,15 @@ def enforce() -> None:
     if requirement is None:
         log.error("endpoint %s has no access rule: refused", request.endpoint)
         raise Forbidden("no access rule is defined for this endpoint")
+    if g.principal.share is not None:
+        _confine_capability(requirement)
     if requirement.resource == PER_ENTRY:
         return  # the view calls authorize_entry for each entry; current_access() fails closed meanwhile
     if requirement.resource == FROM_URL:
         requirement = Requirement(str((request.view_args or {}).get("type_")), requirement.permission)
-    g.access = authorize(g.principal, requirement)
+    download = requirement.resource == "ImagingStudy" and requirement.permission == "r" and needs_download()
+    g.access = authorize(g.principal, requirement, download=download)
+    check_opposition(g.access)
 
 
 def authorize_entry(resource: str, permission: str) -> Access:

@@ -6,7 +6,8 @@ validator, :class:`NodeTokenValidator`, which accepts:
 - **this node's tokens**: a JWS signed with the node key (RS384 only), header ``typ`` ``at+jwt``
   (RFC 9068 §4), ``iss`` the node's issuer, ``aud`` naming the node (its base URL, or its
   ``/fhir`` or ``/dicom-web`` root, the ``aud`` a SMART app names), ``exp`` in the future, and a
-  ``jti`` that is not revoked (``oauth_revoked_token``);
+  ``jti`` that is not revoked (``oauth_revoked_token``). Only these may be a share link's
+  capability (claim ``share``: :attr:`Principal.share`; the policy checks its grant);
 - **JWTs of a trusted issuer** (``DRIMHUB_TRUSTED_ISSUERS`` ``ISSUER=JWKS_URL``): signed by a key
   of the issuer's JWKS, fetched and cached per process, keyed by ``kid``; an unknown ``kid``
   refetches the set at most once a minute per issuer. Same ``iss``, ``aud`` and ``exp`` checks;
@@ -334,10 +335,12 @@ def _to_principal(claims: dict[str, Any], issuer: str, token: str, trusted: Trus
     client_id = claims.get("client_id") or claims.get("azp")
     patient = claims.get("patient")
     jti = claims.get("jti")
+    share = claims.get("share") if trusted is None else None  # a share link's capability: this node's only
     return Principal(
         sub=str(claims.get("sub") or client_id or ""), org=org, client_id=str(client_id) if client_id else None,
         scopes=parse_scopes(str(scope)), issuer=issuer, token_ref=str(jti) if jti else token[-32:],
-        patient=str(patient) if patient else None, expires_at=int(claims["exp"]) if "exp" in claims else None)
+        patient=str(patient) if patient else None, expires_at=int(claims["exp"]) if "exp" in claims else None,
+        share=str(share) if share else None)
 
 
 def _reason(exc: Exception) -> str:
