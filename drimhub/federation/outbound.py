@@ -284,8 +284,13 @@ def dicomweb_client(peer: PeerInfo, signing_key: RSAKey, *, relay_token: str | N
 
     ``smart-backend``: a token obtained from the peer's token endpoint with a client assertion
     signed by ``signing_key`` (cached until shortly before it expires); ``relay``: ``relay_token``
-    (the caller's own). The token is sent only to the peer's exact origin.
+    (the caller's own). The token is sent only to the peer's exact origin. The client does not
+    retry: a failure is raised at once.
     """
     seconds = effective_timeout(peer, timeout)
     session = peer_session(peer, signing_key, relay_token=relay_token, timeout=seconds)
-    return DICOMwebClient(url=peer.dicomweb_url, session=session, timeout=seconds)
+    client = DICOMwebClient(url=peer.dicomweb_url, session=session, timeout=seconds)
+    # dicomweb-client would retry every failure (refusals and time-outs included) up to 5 times with
+    # back-off: a federated search waits for a peer once, and pushes retry as durable jobs.
+    client.set_http_retry_params(retry=False)
+    return client
