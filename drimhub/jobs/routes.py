@@ -71,8 +71,9 @@ def push(peer: str) -> Response:
     consent.check_shareable(session, study)
     session.rollback()  # end the read transaction before the write (SQLite)
     with write_session(resources().sessions) as writer:
-        job, _ = rules.push_job(writer, principal.org, principal.sub, peer, study)
-    queue.enqueue(job.id)
+        job, created = rules.push_job(writer, principal.org, principal.sub, peer, study)
+    if created:
+        queue.enqueue(job.id)
     return _json(state.job_json(job), 202, {"Location": f"/api/jobs/{job.id}"})
 
 

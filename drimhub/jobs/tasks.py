@@ -15,7 +15,7 @@ from flask import Flask
 from huey import Huey, crontab
 from huey.api import TaskWrapper
 
-from drimhub.errors import Forbidden, NotFound
+from drimhub.errors import DrimhubError, Forbidden, NotFound
 from drimhub.jobs import push, state
 from drimhub.jobs.push import PushError
 from drimhub.server.db import Resources
@@ -84,6 +84,8 @@ def run_job(app: Flask, job_id: str) -> str | None:
         delay = state.fail(res.sessions, job_id, str(exc), policy, exc.permanent)
     except (NotFound, Forbidden) as exc:  # the peer was removed, the patient opposed sharing
         delay = state.fail(res.sessions, job_id, exc.message, policy, permanent=True)
+    except DrimhubError as exc:  # the peer is unavailable (its token endpoint...)
+        delay = state.fail(res.sessions, job_id, exc.message, policy)
     except Exception as exc:
         log.warning("job %s: attempt %d failed", job_id, job.attempts, exc_info=True)
         delay = state.fail(res.sessions, job_id, f"{type(exc).__name__}: {exc}", policy)

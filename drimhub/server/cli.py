@@ -34,7 +34,8 @@ def _app(**overrides: Any) -> Any:
 @click.option("--port", default=8080, show_default=True, type=int, help="Port to bind.")
 @click.option("--workers", default=None, type=int, help="Worker processes (default: 2 x cores).")
 @click.option("--threads", default=4, show_default=True, type=int, help="Threads per worker.")
-@click.option("--no-worker", is_flag=True, help="Do not start a background job worker (run `drimhub worker` elsewhere).")
+@click.option("--no-worker", is_flag=True, envvar="DRIMHUB_NO_WORKER",
+              help="Do not start a background job worker (run `drimhub worker` elsewhere). Env: DRIMHUB_NO_WORKER=1.")
 def serve(host: str, port: int, workers: int | None, threads: int, no_worker: bool) -> None:
     """Serve with gunicorn, after applying migrations and sweeping leftovers of a crash.
 
