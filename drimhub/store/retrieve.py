@@ -9,7 +9,7 @@ caller may not see is not found.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any, NamedTuple
 
@@ -74,15 +74,16 @@ def locate_study(session: Session, study: str, access: Access) -> StudyRef | Non
     study : str
         Study Instance UID.
     access : Access
-        The caller's access; only its organisations are applied here, so that the caller can
-        tell "no such study" (None) from "another patient's study" (a ref it may not read).
+        The caller's access; all of it but its patient is applied here (organisations, shared,
+        only and opposed studies), so that the caller can tell "no such study" (None) from
+        "another patient's study" (a ref it may not read).
 
     Returns
     -------
     StudyRef or None
     """
     stmt = (select(Study.pk, Study.study_uid, Study.org, Study.patient_id, Study.issuer_of_patient_id)
-            .where(Study.study_uid == study, *Access(access.orgs).study_filter()))
+            .where(Study.study_uid == study, *replace(access, patient=None).study_filter()))
     row = session.execute(stmt).first()
     return StudyRef(*row) if row else None
 
