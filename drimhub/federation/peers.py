@@ -104,14 +104,14 @@ def address_refused(address: str) -> str | None:
     """Why a peer may not be reached at the IP ``address`` without ``allow_private`` (``"a loopback
     address"``...); None if it may.
 
-    Loopback, link-local (169.254.0.0/16, fe80::/10), private, unspecified, multicast and reserved
+    Unspecified, loopback, link-local (169.254.0.0/16, fe80::/10), multicast, private and reserved
     addresses are refused, as is every address that is not globally reachable (an IPv4-mapped
     IPv6 address is judged by its IPv4 address).
     """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    for kind in ("loopback", "link_local", "private", "unspecified", "multicast", "reserved"):
+    for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{kind}"):
             return f"a {kind.replace('_', '-')} address"
     if not ip.is_global:
