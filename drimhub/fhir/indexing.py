@@ -1,10 +1,13 @@
 """The search index of a stored resource: one :class:`~drimhub.fhir.registry.IndexValue` per value.
 
 The registry's FHIRPath expressions of the stored types are simple paths, optionally ending in
-``.where(resolve() is Type)``; :func:`index_values` walks them over the resource JSON (a choice
-element such as ``DiagnosticReport.effective`` matches ``effectiveDateTime`` and
-``effectivePeriod``) and turns each value found into rows by the parameter's type (FHIR R4
-search.html §3.1.1.4 "Search Parameter Types"):
+``.where(resolve() is Type)``, joined by ``|`` (a union); two more steps are understood, those
+of the IHE RAD MADO parameters: ``.where(type.coding.where(system = 'S' and code = 'C').exists())``
+(keep the elements whose ``type`` has that coding) and ``.extension('URL')`` (the extensions
+with that url). :func:`index_values` walks them over the resource JSON (a choice element such
+as ``DiagnosticReport.effective`` matches ``effectiveDateTime`` and ``effectivePeriod``) and
+turns each value found into rows by the parameter's type (FHIR R4 search.html §3.1.1.4
+"Search Parameter Types"):
 
 token
     Identifier → ``system``/``value``; CodeableConcept → one row per coding; Coding →
@@ -36,6 +39,9 @@ from drimhub.fhir.dates import date_range
 from drimhub.fhir.registry import IndexValue, SearchParam, resource_type
 
 _WHERE = re.compile(r"^(.*)\.where\(resolve\(\) is (\w+)\)$")
+_CODED = re.compile(r"^where\(\s*type\.coding\.where\(\s*system\s*=\s*'([^']*)'\s+and\s+code\s*=\s*'([^']*)'\s*\)"
+                    r"\.exists\(\)\s*\)$")
+_EXTENSION = re.compile(r"^extension\('([^']+)'\)$")
 _RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(?:/_history/[^/]+)?$")
 _HUMAN_NAME_PARTS = ("family", "given", "prefix", "suffix", "text")
 _MAX = 255
@@ -48,19 +54,46 @@ def index_values(resource: dict[str, Any]) -> list[IndexValue]:
         return []
     rows: list[IndexValue] = []
     for param in rtype.params:
-        path, target = _parse(param)
-        for value in _walk(resource, path):
-            rows.extend(_EXTRACTORS[param.type](param, value, target))
+        for path, target in _parse(param):
+            for value in _walk(resource, path):
+                rows.extend(_EXTRACTORS[param.type](param, value, target))
     return list(dict.fromkeys(rows))  # the same value twice is one row
 
 
-def _parse(param: SearchParam) -> tuple[list[str], str | None]:
-    """The element path and the ``resolve() is`` target of a registry expression."""
-    expression, target = param.expression, None
-    match = _WHERE.match(expression)
-    if match:
-        expression, target = match.groups()
-    return expression.split(".")[1:], target
+def _parse(param: SearchParam) -> list[tuple[list[str], str | None]]:
+    """The element path and the ``resolve() is`` target of each branch of a registry expression."""
+    branches = []
+    for expression in _split(param.expression, "|"):
+        target = None
+        match = _WHERE.match(expression)
+        if match:
+            expression, target = match.groups()
+        branches.append((_split(expression, ".")[1:], target))
+    return branches
+
+
+def _split(expression: str, sep: str) -> list[str]:
+    """``expression`` split on ``sep`` outside parentheses and quoted strings, parts stripped."""
+    parts, current, depth, quoted = [], "", 0, False
+    for char in expression:
+        if char == "'":
+            quoted = not quoted
+        elif not quoted and char == "(":
+            depth += 1
+        elif not quoted and char == ")":
+            depth -= 1
+        elif not quoted and depth == 0 and char == sep:
+            parts.append(current.strip())
+            current = ""
+            continue
+        current += char
+    parts.append(current.strip())
+    return parts
+
+
+def _has_type_coding(node: dict[str, Any], system: str, code: str) -> bool:
+    codings = (node.get("type") or {}).get("coding") or []
+    return any(isinstance(c, dict) and c.get("system") == system and c.get("code") == code for c in codings)
 
 
 def _walk(node: Any, path: list[str]) -> Iterator[Any]:
@@ -78,6 +111,17 @@ def _walk(node: Any, path: list[str]) -> Iterator[Any]:
     if not isinstance(node, dict):
         return
     name, rest = path[0], path[1:]
+    coded = _CODED.match(name)
+    if coded:  # .where(type.coding.where(system = 'S' and code = 'C').exists())
+        if _has_type_coding(node, *coded.groups()):
+            yield from _walk(node, rest)
+        return
+    extension = _EXTENSION.match(name)
+    if extension:  # .extension('URL')
+        for item in node.get("extension") or []:
+            if isinstance(item, dict) and item.get("url") == extension.group(1):
+                yield from _walk(item, rest)
+        return
     if name in node:
         yield from _walk(node[name], rest)
         return

@@ -8,7 +8,7 @@ when it really answers (the CapabilityStatement test checks each one).
 Two kinds of resource types:
 
 stored
-    Patient, DiagnosticReport, Binary, Consent: kept as FHIR JSON with their versions
+    Patient, DiagnosticReport, Binary, Consent, DocumentReference: kept as FHIR JSON with their versions
     (:class:`~drimhub.store.models.FhirResource`); searched through the index table
     (:class:`~drimhub.store.models.FhirIndex`), one :class:`~drimhub.store.fhirquery.IndexValue` per value.
 derived
@@ -228,9 +228,47 @@ CONSENT = ResourceType(
           "and peers' access to their studies (drimhub.sharing.consent).",
 )
 
+_MADO_SP = "IHE RAD MADO SearchParameter"
+
+DOCUMENT_REFERENCE = ResourceType(
+    name="DocumentReference",
+    derived=False,
+    interactions=("read", "vread", "history-instance", "history-type", "search-type"),
+    params=(
+        SearchParam("patient", "reference", "DocumentReference.subject.where(resolve() is Patient)",
+                    "Who/what is the subject of the document", ("Patient",)),
+        SearchParam("subject", "reference", "DocumentReference.subject",
+                    "Who/what is the subject of the document",
+                    ("Practitioner", "Group", "Organization", "Device", "Patient", "PractitionerRole", "Location")),
+        SearchParam("status", "token", "DocumentReference.status", "current | superseded | entered-in-error"),
+        SearchParam("type", "token", "DocumentReference.type", "Kind of document (LOINC if possible)"),
+        SearchParam("date", "date", "DocumentReference.date", "When this document reference was created"),
+        SearchParam("identifier", "token", "DocumentReference.masterIdentifier | DocumentReference.identifier",
+                    "Master Version Specific Identifier"),
+        # IHE RAD MADO (trial use), input/fsh/mhd/SearchParameter-DocumentReference-*.fsh
+        SearchParam("study-instance-uid", "token",
+                    "DocumentReference.context.related.identifier.where(type.coding.where("
+                    "system = 'http://dicom.nema.org/resources/ontology/DCM' and code = '110180').exists())",
+                    f"Study Instance UID of the manifest's study ({_MADO_SP})", custom=True),
+        SearchParam("accession-number", "token",
+                    "DocumentReference.context.related.identifier.where(type.coding.where("
+                    "system = 'http://dicom.nema.org/resources/ontology/DCM' and code = '121022').exists())",
+                    f"Accession Number of the manifest's study ({_MADO_SP})", custom=True),
+        SearchParam("modality", "token",
+                    "DocumentReference.extension('https://profiles.ihe.net/RAD/MADO/StructureDefinition/"
+                    "ext-R5-DocumentReference.modality').value",
+                    f"A modality of the manifest's study ({_MADO_SP})", custom=True),
+    ),
+    includes=("DocumentReference:patient", "DocumentReference:subject"),
+    sorts=("_id", "_lastUpdated", "date"),
+    notes="IHE RAD MADO: the KOS manifests this node published (POST /api/studies/{uid}/manifest); written by "
+          "the node only, read-only over FHIR.",
+)
+
 #: Every resource type served under /fhir but AuditEvent (see drimhub.fhir.audit_routes).
 RESOURCE_TYPES: dict[str, ResourceType] = {
-    t.name: t for t in (IMAGING_STUDY, DIAGNOSTIC_REPORT, PATIENT, ENDPOINT, BINARY, CONSENT)
+    t.name: t for t in (IMAGING_STUDY, DIAGNOSTIC_REPORT, PATIENT, ENDPOINT, BINARY, CONSENT,
+                        DOCUMENT_REFERENCE)
 }
 
 

@@ -52,6 +52,7 @@ REFUSED = (401, 403)
 DATA_PREFIXES: tuple[tuple[str, str], ...] = (
     ("/federated/dicom-web", "dicomweb"), ("/dicom-web", "dicomweb"), ("/wado", "dicomweb"),
     ("/IHEInvokeImageDisplay", "dicomweb"), ("/fhir", "fhir"),
+    ("/api/studies", "dicomweb"),  # KOS manifests (drimhub.sharing.manifest_routes): they name the patient
 )
 #: Paths under a data prefix that carry no health data (conformance and discovery).
 NON_DATA_PATHS: tuple[str, ...] = ("/fhir/metadata", "/fhir/.well-known")

@@ -92,3 +92,6 @@ def load(app: Flask, overrides: Mapping[str, Any] | None) -> None:
         app.config["JOBS_URL"] = f"sqlite:///{data_dir / 'jobs.db'}"
     if app.config["STOW_DUPLICATE_POLICY"] not in _POLICIES:
         raise DrimhubError(f"DRIMHUB_STOW_DUPLICATE_POLICY must be one of {', '.join(_POLICIES)}")
+    from drimhub.sharing.retention import parse_rules
+
+    parse_rules(str(app.config["RETENTION"] or ""))  # a bad policy stops the start (DrimhubError)

@@ -1,0 +1,193 @@
+"""Retention: which studies have expired, and their purge (``drimhub purge`` and the hourly job).
+
+Policies (``DRIMHUB_RETENTION``): items ``KIND=DAYS`` separated by spaces or commas, each kind at
+most once, ``DAYS`` a whole number of days (0 or more).
+
+``cached=DAYS``
+    Cached copies of peers' studies (:attr:`~drimhub.store.models.Study.origin` set): expired
+    when their :attr:`~drimhub.store.models.Study.expires_at` has passed, or, for a copy without
+    one, ``DAYS`` after it was stored here.
+``org:ORG=DAYS``
+    Studies of organisation ``ORG``: expired ``DAYS`` after their final report, the latest
+    DiagnosticReport of status ``final``, ``amended`` or ``corrected`` whose ``imagingStudy``
+    names the study (the ``imaging-study`` index; its ``issued`` time, else when it was last
+    written). A study without such a report is kept.
+
+A study expired by any policy is purged: its manifests and their DocumentReferences
+(:func:`drimhub.sharing.manifests.remove_study`), then its rows and blobs through the DICOMweb
+delete service (:func:`drimhub.dicomweb.delete.delete`, which also removes the reports derived
+from its SR and PDF instances), then one audit event is appended: DICOM "Study Deleted" (PS3.15
+A.5.3.5, DCM 110105, action D), agent the node's purge, entity the study and its patient, the
+policy that expired it as the entity's description.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, aliased
+
+from drimhub.errors import DrimhubError, NotFound
+from drimhub.store.models import FhirIndex, FhirResource, Study, utc
+
+#: DiagnosticReport statuses of a final report (R4 diagnostic-report-status).
+FINAL_STATUSES = ("final", "amended", "corrected")
+#: DICOM audit event of a purge (PS3.15 A.5.3.5; PS3.16 CID 400).
+STUDY_DELETED = ("http://dicom.nema.org/resources/ontology/DCM", "110105", "DICOM Study Deleted")
+#: The agent of purge events (AuditEvent client agent).
+PURGE_AGENT = "drimhub-purge"
+
+_ITEM = re.compile(r"^(cached|org:([^\s,=]{1,64}))=(\d{1,6})$")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One retention policy: ``kind`` ``cached`` or ``org`` (with ``org``), and its days."""
+
+    kind: str
+    days: int
+    org: str | None = None
+
+    def __str__(self) -> str:
+        return f"cached={self.days}" if self.kind == "cached" else f"org:{self.org}={self.days}"
+
+
+@dataclass(frozen=True)
+class Expired:
+    """A study to purge and the policy that expired it."""
+
+    study_uid: str
+    org: str
+    patient_id: str | None
+    issuer: str | None
+    rule: Rule
+
+
+def parse_rules(text: str) -> tuple[Rule, ...]:
+    """The policies of a ``DRIMHUB_RETENTION`` value.
+
+    Raises
+    ------
+    DrimhubError
+        An item is not ``cached=DAYS`` or ``org:ORG=DAYS``, or a kind appears twice.
+    """
+    rules: list[Rule] = []
+    for item in (i for i in re.split(r"[\s,]+", text or "") if i):
+        match = _ITEM.match(item)
+        if match is None:
+            raise DrimhubError(f"DRIMHUB_RETENTION: {item!r} is not cached=DAYS or org:ORG=DAYS "
+                               "(DAYS a whole number of days)")
+        rule = Rule("org" if match.group(2) else "cached", int(match.group(3)), match.group(2))
+        if any((r.kind, r.org) == (rule.kind, rule.org) for r in rules):
+            raise DrimhubError(f"DRIMHUB_RETENTION: {item!r} repeats a policy")
+        rules.append(rule)
+    return tuple(rules)
+
+
+_COLUMNS = (Study.study_uid, Study.org, Study.patient_id, Study.issuer_of_patient_id)
+
+
+def _expired_copies(session: Session, rule: Rule, now: datetime) -> list[Any]:
+    stored_before = now - timedelta(days=rule.days)
+    return list(session.execute(select(*_COLUMNS).where(
+        Study.origin.is_not(None),
+        or_(and_(Study.expires_at.is_not(None), Study.expires_at <= now),
+            and_(Study.expires_at.is_(None), Study.created_at <= stored_before)))))
+
+
+def _expired_reported(session: Session, rule: Rule, now: datetime) -> list[Any]:
+    about, status, issued = aliased(FhirIndex), aliased(FhirIndex), aliased(FhirIndex)
+    reported = func.max(func.coalesce(issued.low, FhirResource.last_updated))
+    stmt = (select(*_COLUMNS)
+            .join(about, and_(about.type == "DiagnosticReport", about.param == "imaging-study",
+                              about.ref_type == "ImagingStudy", about.ref_id == Study.study_uid))
+            .join(FhirResource, and_(FhirResource.pk == about.resource_pk, FhirResource.org == Study.org,
+                                     FhirResource.deleted.is_(False)))
+            .join(status, and_(status.resource_pk == about.resource_pk, status.param == "status",
+                               status.value.in_(FINAL_STATUSES)))
+            .outerjoin(issued, and_(issued.resource_pk == about.resource_pk, issued.param == "issued"))
+            .where(Study.org == rule.org)
+            .group_by(*_COLUMNS)
+            .having(reported <= now - timedelta(days=rule.days)))
+    return list(session.execute(stmt))
+
+
+def expired(session: Session, rules: tuple[Rule, ...], now: datetime) -> list[Expired]:
+    """The studies ``rules`` expire at ``now`` (each once, with the first policy that expires it)."""
+    found: dict[str, Expired] = {}
+    for rule in rules:
+        select_rows = _expired_copies if rule.kind == "cached" else _expired_reported
+        for uid, org, patient_id, issuer in select_rows(session, rule, now):
+            found.setdefault(uid, Expired(uid, org, patient_id, issuer, rule))
+    return sorted(found.values(), key=lambda e: e.study_uid)
+
+
+def purge(res: Any, rules: str, *, now: datetime | None = None, dry_run: bool = False,
+          node: str = "urn:drimhub:node") -> list[str]:
+    """Purge the studies the policies ``rules`` expire; return their Study Instance UIDs.
+
+    Parameters
+    ----------
+    res : drimhub.server.db.Resources
+        The app's resources (``app.extensions["drimhub"]``): ``.sessions`` and ``.blobs``.
+    rules : str
+        A ``DRIMHUB_RETENTION`` value.
+    now : datetime, optional
+        The moment expiry is judged at (default: now).
+    dry_run : bool
+        Only list what would be purged.
+    node : str
+        The node's URL, as the audit events name it.
+
+    Raises
+    ------
+    DrimhubError
+        ``rules`` cannot be read.
+    """
+    from drimhub.dicomweb import delete
+    from drimhub.sharing import manifests
+    from drimhub.store import audit as audit_store
+    from drimhub.store.access import EVERYTHING
+    from drimhub.store.engine import write_session
+
+    parsed = parse_rules(rules)
+    moment = utc(now or datetime.now(timezone.utc))
+    with res.sessions() as session:
+        found = expired(session, parsed, moment)
+    if dry_run:
+        return [study.study_uid for study in found]
+    purged = []
+    for study in found:
+        with write_session(res.sessions) as session:
+            manifests.remove_study(session, study.study_uid)
+        try:
+            delete.delete(res.sessions, res.blobs, EVERYTHING, study.study_uid)
+        except NotFound:
+            continue  # gone meanwhile (a DELETE, another purge): nothing was deleted here
+        audit_store.append(res.sessions, [audit_event(study, node)])
+        purged.append(study.study_uid)
+    return purged
+
+
+def audit_event(study: Expired, node: str) -> tuple[dict[str, Any], bytes]:
+    """The search columns and the FHIR JSON of the "Study Deleted" event of one purged study."""
+    from drimhub.mappings.audit import AccessFacts, Caller, PatientRef, build_event, patient_system, search_columns
+
+    patient = PatientRef(patient_system(study.issuer), study.patient_id) if study.patient_id else None
+    facts = AccessFacts(event_id=str(uuid.uuid4()), recorded=datetime.now(timezone.utc), domain="dicomweb",
+                        interaction="delete", status=200, caller=Caller(client_id=PURGE_AGENT, org=study.org),
+                        server_url=node, patient=patient, studies=(study.study_uid,))
+    event = build_event(facts)
+    system, code, display = STUDY_DELETED
+    event["type"] = {"system": system, "code": code, "display": display}
+    for entity in event["entity"]:
+        if (entity.get("what") or {}).get("type") == "ImagingStudy":
+            entity["description"] = f"retention policy {study.rule}"
+    columns = {**search_columns(facts), "event_type": code}
+    return columns, orjson.dumps(event)
