@@ -71,3 +71,5 @@ def init_app(app: Flask) -> None:
     for endpoint in ("create", "list", "get", "revoke"):
         policy.require(f"{bp.name}.{endpoint}", Requirement(scope=policy.SHARE_SCOPE))
     app.register_blueprint(bp)
+    from drimhub.sharing import manifest_routes
+    manifest_routes.init_app(app)
