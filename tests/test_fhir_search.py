@@ -249,7 +249,9 @@ def test_bad_and_unknown_parameters(client: FlaskClient, world: World) -> None:
     assert len(ids(lenient)) == 3
     found = warnings(lenient)
     assert any("colour" in w for w in found) and any("modality:text" in w for w in found)
-    assert any("_federated" in w for w in found)
+    assert not any("_federated" in w for w in found)  # ImagingStudy searches reach the peers (none here)
+    assert any("_federated" in w for w in warnings(get(client, "/fhir/DiagnosticReport?_federated=true")))
+    get(client, "/fhir/ImagingStudy?_federated=maybe", 400)
     strict = {"Prefer": "handling=strict"}
     get(client, "/fhir/ImagingStudy?colour=blue", 400, **strict)
     get(client, "/fhir/ImagingStudy?modality:text=CT", 400, **strict)

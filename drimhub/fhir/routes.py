@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
@@ -264,7 +265,20 @@ def search(type_: str) -> Response:
         form = _capped_body().decode("utf-8", "replace")
         query = "&".join(q for q in (query, form) if q)
     strict = _prefer("handling") == "strict"
-    return _run(Interaction("GET", type_, query=query, strict=strict), write=False)
+    return _federated(type_, query, _run(Interaction("GET", type_, query=query, strict=strict), write=False))
+
+
+def _federated(type_: str, query: str, response: Response) -> Response:
+    """``ImagingStudy?...&_federated=true``: the peers' results added (drimhub.federation.fhir_search)."""
+    from drimhub.federation import fhir_search
+
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if response.status_code != 200 or not fhir_search.requested(type_, pairs):
+        return response
+    from drimhub.federation.routes import federated_fhir
+
+    response.set_data(orjson.dumps(federated_fhir(orjson.loads(response.get_data()), pairs)))
+    return response
 
 
 @bp.post("/<fhirtype:type_>")

@@ -31,9 +31,10 @@ to :data:`MAX_COUNT`, 0 gives the total only), ``_sort`` (the registry's keys, `
 text, data, count, false), ``_elements``, ``_total`` (none, estimate, accurate) and ``_cursor``
 (this server's opaque paging key, found in ``next`` links).
 
-Unknown parameters, unsupported modifiers and ``_federated`` (reserved for a later issue) are
-ignored with a warning; under ``Prefer: handling=strict`` the first two are a 400 (§3.1.1.2). A
-value a known parameter cannot take is always a 400.
+``_federated=true`` on ImagingStudy adds the peer nodes' matches to the first page
+(:mod:`drimhub.federation.fhir_search`); on another type it is ignored with a warning.
+Unknown parameters and unsupported modifiers are ignored with a warning; under ``Prefer:
+handling=strict`` they are a 400 (§3.1.1.2). A value a known parameter cannot take is always a 400.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ class _Parser:
             elif name in PASSIVE:
                 continue
             elif name == "_federated":
-                self.ignore("_federated: searching peer nodes is not available yet", always_lenient=True)
+                self.federated(key, value)
             else:
                 self.criterion(self.rtype, key, value)
         return query
@@ -307,6 +308,14 @@ class _Parser:
         if value not in TOTAL_MODES:
             _bad("_total", value, " or ".join(TOTAL_MODES))
         self.query.total = value
+
+    def federated(self, key: str, value: str) -> None:
+        """``_federated=true``: ImagingStudy matches of the peers too (added by drimhub.federation.fhir_search)."""
+        self._plain(key)
+        if value not in ("true", "false"):
+            _bad("_federated", value, "true or false")
+        if value == "true" and self.rtype.name != "ImagingStudy":
+            self.ignore("_federated: only ImagingStudy searches reach the peer nodes", always_lenient=True)
 
     def cursor(self, key: str, value: str) -> None:
         self._plain(key)
