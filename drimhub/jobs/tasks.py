@@ -99,7 +99,7 @@ def run_job(app: Flask, job_id: str) -> str | None:
     from drimhub.jobs.queue import enqueue
 
     enqueue(job_id, delay=delay, app=app)
-    log.info("job %s: attempt %d failed, next in %.0f s", job_id, job.attempts, delay)
+    log.info("job %s: attempt %d failed, next in %.1f s", job_id, job.attempts, delay)
     return state.RETRYING
 
 
