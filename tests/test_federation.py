@@ -19,6 +19,7 @@ import pydicom
 import pytest
 import requests
 from dicomweb_client import DICOMwebClient
+from flask.testing import FlaskClient
 from sqlalchemy import create_engine, select
 
 import dicomfactory as f
@@ -178,3 +179,22 @@ def test_with_a_stopped_b_serves_the_study_from_its_cache(net: Net) -> None:
     assert rendered.status_code == 200 and rendered.content.startswith(b"\x89PNG")
     unknown = net.b_get(f"/federated/dicom-web/studies/{f.new_uid()}/metadata")
     assert unknown.status_code == 502  # not here, and the peers that could hold it are down
+
+
+# --- one node, no peer (in-process app, SQLite and PostgreSQL) --------------------------------
+
+def test_without_peers_the_federated_root_answers_as_the_local_one(client: FlaskClient) -> None:
+    inst = f.ct()
+    body, ctype = f.multipart([inst.data])
+    assert client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype}).status_code == 200
+    found = client.get(f"/federated/dicom-web/studies?StudyInstanceUID={inst.study}")
+    assert found.status_code == 200 and "Warning" not in found.headers
+    [match] = found.json
+    assert match["00081190"]["Value"] == [f"http://localhost/dicom-web/studies/{inst.study}"]  # this node's own
+    assert found.json == client.get(f"/dicom-web/studies?StudyInstanceUID={inst.study}").json
+    got = client.get(f"/federated/dicom-web/studies/{inst.study}/series/{inst.series}/instances/{inst.sop}",
+                     headers={"Accept": "application/dicom; transfer-syntax=*"})
+    assert got.status_code == 200 and got.data == inst.data
+    meta = client.get(f"/federated/dicom-web/studies/{inst.study}/metadata").json
+    assert meta[0]["7FE00010"]["BulkDataURI"].startswith("http://localhost/federated/dicom-web/studies/")
+    assert client.get(f"/federated/dicom-web/studies/{f.new_uid()}").status_code == 404
