@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 
 import dicomfactory as f
 from conftest import Mint
+from drimhub.errors import DrimhubError
 from drimhub.federation.peers import add_peer
 from drimhub.jobs import push, queue, state, tasks
 from drimhub.server.app import create_app
@@ -121,6 +122,30 @@ def job_row(app: Flask, job_id: str) -> Job:
         job = state.get(session, job_id)
         assert job is not None
         return job
+
+
+# --- settings -----------------------------------------------------------------------------------
+
+#: (attempt that failed, seconds before the next) under the default policy: 5 s doubling, capped at 10 min.
+BACK_OFF = [(1, 5.0), (2, 10.0), (3, 20.0), (4, 40.0), (7, 320.0), (8, 600.0), (40, 600.0)]
+
+
+@pytest.mark.parametrize("attempt, delay", BACK_OFF)
+def test_default_back_off(attempt: int, delay: float) -> None:
+    assert state.RetryPolicy.from_config({}).delay(attempt) == delay
+
+
+@pytest.mark.parametrize("config", [{"JOBS_RETRY_BASE": 0}, {"JOBS_RETRY_BASE": 10, "JOBS_RETRY_CAP": 5},
+                                    {"JOBS_MAX_ATTEMPTS": 0}, {"JOBS_RETRY_BASE": "soon"}])
+def test_bad_retry_settings_are_refused(config: dict[str, Any]) -> None:
+    with pytest.raises(DrimhubError):
+        state.RetryPolicy.from_config(config)
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "postgresql://x/y", "file:///tmp/q"])
+def test_bad_job_urls_are_refused(url: str) -> None:
+    with pytest.raises(DrimhubError):
+        queue.make_huey(url)
 
 
 # --- the API ----------------------------------------------------------------------------------

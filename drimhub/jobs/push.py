@@ -177,8 +177,10 @@ def check_answer(answer: Dataset, sent: list[str]) -> None:
                    for item in failed.value]
         sop, reason = reasons[0]
         text = f"the peer refused {len(reasons)} instance(s), first {sop}: failure reason {reason:04X}H"
-        if reason in FailureReason._value2member_map_:
+        try:
             text += f" ({FailureReason(reason).name.replace('_', ' ').lower()})"
+        except ValueError:
+            pass  # a code of the peer's own
         raise PushError(text, permanent=not all(is_server_side(r) for _, r in reasons))
     referenced = answer.get(_REFERENCED)
     acknowledged = {item.get(_SOP).value for item in referenced.value if _SOP in item} if referenced else set()

@@ -17,13 +17,15 @@ recovery both enqueued it), exactly one runs the job. A running job holds a leas
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from drimhub.errors import DrimhubError
 from drimhub.store.engine import write_session
 from drimhub.store.models import utc
 from drimhub.store.network import Job
@@ -35,7 +37,7 @@ PENDING = (QUEUED, RUNNING, RETRYING)
 PUSH = "push"
 
 #: Seconds a claim lasts before another worker may take the job over; renewed after each batch.
-LEASE_SECONDS = 120.0
+LEASE_SECONDS = 300.0
 #: Seconds a due queued/retrying job may wait in the queue before the periodic recovery hands it
 #: to the queue again (the queue lost it, or the queue is that far behind).
 OVERDUE_SECONDS = 60.0
@@ -58,11 +60,21 @@ class RetryPolicy:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RetryPolicy:
-        """The policy of an app's settings (the defaults above where unset)."""
-        policy = cls(float(config.get("JOBS_RETRY_BASE", cls.base)), float(config.get("JOBS_RETRY_CAP", cls.cap)),
-                     int(config.get("JOBS_MAX_ATTEMPTS", cls.max_attempts)))
-        if policy.base <= 0 or policy.cap < policy.base or policy.max_attempts < 1:
-            raise ValueError(f"invalid job retry settings: {policy}")
+        """The policy of an app's settings (the defaults above where unset).
+
+        Raises
+        ------
+        DrimhubError
+            A setting that is not a positive number (or a cap below the base).
+        """
+        try:
+            policy = cls(float(config.get("JOBS_RETRY_BASE", cls.base)), float(config.get("JOBS_RETRY_CAP", cls.cap)),
+                         int(config.get("JOBS_MAX_ATTEMPTS", cls.max_attempts)))
+        except (TypeError, ValueError):
+            policy = cls(0.0)
+        if not 0 < policy.base <= policy.cap or policy.max_attempts < 1:
+            raise DrimhubError("DRIMHUB_JOBS_RETRY_BASE and DRIMHUB_JOBS_RETRY_CAP must be seconds (0 < base <= cap), "
+                               "DRIMHUB_JOBS_MAX_ATTEMPTS a whole number of attempts (1 or more)")
         return policy
 
     def delay(self, attempt: int) -> float:

@@ -28,8 +28,9 @@ _PR_SET_PDEATHSIG = 1
 
 def run(app: Flask, workers: int = 1) -> None:
     """Recover the lost jobs, then consume the queue until SIGINT/SIGTERM (graceful) or SIGKILL."""
-    from drimhub.jobs import queue, tasks
+    from drimhub.jobs import queue, state, tasks
 
+    state.RetryPolicy.from_config(app.config)  # a bad setting stops the worker here, not each job
     huey = queue.queue_of(app).huey
     with app.app_context():
         recovered = tasks.recover(app)
