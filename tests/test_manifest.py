@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 import dicomfactory as f
+from drimhub.mappings import kos
 from drimhub.mappings.kos import ATTRIBUTE_TYPES, KOS_SOP_CLASS, REQUEST_ITEM_TYPES
 from drimhub.server.auth import tokens
 from drimhub.server.auth.policy import SHARE_SCOPE
@@ -59,7 +61,8 @@ def make_study(accession: str = "ACC-KOS-1", patient_id: str = "1580101123456") 
 
 def stow(client: FlaskClient, study: Study) -> None:
     body, ctype = f.multipart([i.data for i in study.instances])
-    r = client.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype, "Accept": "application/dicom+json"})
+    headers = {"Content-Type": ctype, "Accept": "application/dicom+json"}
+    r = client.post("/dicom-web/studies", data=body, headers=headers)
     assert r.status_code == 200, r.json
 
 
@@ -143,6 +146,26 @@ def test_kos_is_a_key_object_selection_manifest(client: FlaskClient, study: Stud
     kinds = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID: item.ValueType for item in ds.ContentSequence}
     assert all(item.RelationshipType == "CONTAINS" for item in ds.ContentSequence)
     assert kinds == {i.sop: ("IMAGE" if i.sop_class != f.ENCAPSULATED_PDF else "COMPOSITE") for i in study.instances}
+
+
+def test_kos_of_a_study_known_by_its_uids_only() -> None:
+    """Nothing but UIDs stored: Type 2 attributes empty, no Referenced Request (no accession: 1C not met)."""
+    image = kos.ManifestInstance("1.2.3.4.1", "1.2.840.10008.5.1.4.1.1.2", True, 1)
+    study = kos.ManifestStudy("1.2.3", Dataset(), [kos.ManifestSeries("1.2.3.4", [image]),
+                                                   kos.ManifestSeries("1.2.3.5", [])])
+    ds = dcmread(io.BytesIO(kos.encode(kos.manifest(study, dicomweb_base="https://node.example/dicom-web/",
+                                                    sop_uid="2.25.1", series_uid="2.25.2",
+                                                    created=datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)))))
+    for _module, keyword, kind in ATTRIBUTE_TYPES:
+        if kind in ("1", "2"):
+            _present(ds, keyword, kind)
+    assert ds.PatientName == "" and ds.AccessionNumber == "" and "ReferencedRequestSequence" not in ds
+    assert (ds.ContentDate, ds.ContentTime, ds.TimezoneOffsetFromUTC) == ("20300102", "030405", "+0000")
+    series, = ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence  # the empty one left out
+    assert series.RetrieveURL == "https://node.example/dicom-web/studies/1.2.3/series/1.2.3.4"
+    with pytest.raises(ValueError, match="no instance"):
+        kos.manifest(kos.ManifestStudy("1.2.3", Dataset(), []), dicomweb_base="x", sop_uid="2.25.1",
+                     series_uid="2.25.2", created=datetime.now(timezone.utc))
 
 
 def test_publication_rules(client: FlaskClient, anon: FlaskClient, study: Study, mint: Any,
@@ -265,22 +288,23 @@ def test_publishing_again_supersedes(client: FlaskClient, study: Study, publishe
 
 # --- KOS-SOPInstanceUID ---------------------------------------------------------------------
 
+@pytest.mark.parametrize("root", ["/dicom-web", "/federated/dicom-web"])
 def test_kos_header_check(app: Flask, client: FlaskClient, anon: FlaskClient, study: Study,
-                          publisher: dict[str, str]) -> None:
+                          publisher: dict[str, str], root: str) -> None:
     other = make_study(accession="ACC-KOS-2")
     stow(client, other)
     mine = publish(client, study.uid, publisher)["sopInstanceUID"]
     theirs = publish(client, other.uid, publisher)["sopInstanceUID"]
     series = next(iter(study.series))
-    urls = [f"/dicom-web/studies/{study.uid}/series/{series}", f"/dicom-web/studies/{study.uid}/metadata",
-            f"/dicom-web/studies/{study.uid}/series/{series}/instances/{study.series[series][0].sop}"]
+    urls = [f"{root}/studies/{study.uid}/series/{series}", f"{root}/studies/{study.uid}/metadata",
+            f"{root}/studies/{study.uid}/series/{series}/instances/{study.series[series][0].sop}"]
     for url in urls:
         assert client.get(url, headers={"KOS-SOPInstanceUID": mine}).status_code == 200, url
         assert client.get(url).status_code == 200  # no header: no restriction
         assert client.get(url, headers={"KOS-SOPInstanceUID": theirs}).status_code == 404, url
         assert client.get(url, headers={"KOS-SOPInstanceUID": f.new_uid()}).status_code == 404, url
         assert client.get(url, headers={"KOS-SOPInstanceUID": "not a uid"}).status_code == 404, url
-    assert client.get("/dicom-web/studies", headers={"KOS-SOPInstanceUID": mine}).status_code == 404  # no study
+    assert client.get(f"{root}/studies", headers={"KOS-SOPInstanceUID": mine}).status_code == 404  # no study
     assert anon.get(urls[0], headers={"KOS-SOPInstanceUID": mine}).status_code == 401  # authentication first
     with app.extensions["drimhub"].sessions() as session:
         assert session.query(Manifest).filter_by(sop_uid=mine, study_uid=study.uid).count() == 1

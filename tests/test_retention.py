@@ -162,7 +162,8 @@ def test_organisation_policy_counts_from_the_final_report(app: Flask, client: Fl
 def test_purge_removes_the_manifests(app: Flask, client: FlaskClient, mint: Any) -> None:
     res: Resources = app.extensions["drimhub"]
     study = stow(client)
-    r = client.post(f"/api/studies/{study}/manifest", headers={"Authorization": f"Bearer {mint(scope=f'system/*.cruds {SHARE_SCOPE}')}"})
+    publisher = {"Authorization": f"Bearer {mint(scope=f'system/*.cruds {SHARE_SCOPE}')}"}
+    r = client.post(f"/api/studies/{study}/manifest", headers=publisher)
     assert r.status_code == 201
     make_cached(res, study, NOW - timedelta(days=1))
     assert purge(res, "cached=30", now=NOW) == [study]

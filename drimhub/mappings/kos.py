@@ -149,6 +149,11 @@ def _ordered(instances: Sequence[ManifestInstance]) -> list[ManifestInstance]:
     return sorted(instances, key=lambda i: (i.number is None, i.number or 0, i.sop_uid))
 
 
+def _referenced(study: ManifestStudy) -> list[ManifestSeries]:
+    """The series with at least one instance (Referenced SOP Sequence is Type 1: one item or more)."""
+    return [series for series in study.series if series.instances]
+
+
 def series_url(dicomweb_base: str, study_uid: str, series_uid: str) -> str:
     """The WADO-RS Retrieve Series URL of a series (PS3.18 §10.4.1.1.1), this node's Retrieve URL."""
     return f"{dicomweb_base.rstrip('/')}/studies/{study_uid}/series/{series_uid}"
@@ -188,7 +193,7 @@ def _evidence(study: ManifestStudy, dicomweb_base: str) -> Dataset:
     item = Dataset()
     item.StudyInstanceUID = study.study_uid
     series_items = []
-    for series in study.series:
+    for series in _referenced(study):
         entry = Dataset()
         entry.SeriesInstanceUID = series.uid
         entry.RetrieveURL = series_url(dicomweb_base, study.study_uid, series.uid)  # (0008,1190)
@@ -201,7 +206,7 @@ def _evidence(study: ManifestStudy, dicomweb_base: str) -> Dataset:
 def _content(study: ManifestStudy) -> DicomSequence:
     """TID 2010 rows 6 and 8: one IMAGE or COMPOSITE item, CONTAINS, per referenced instance."""
     items = []
-    for series in study.series:
+    for series in _referenced(study):
         for instance in _ordered(series.instances):
             item = Dataset()
             item.RelationshipType = "CONTAINS"
@@ -236,7 +241,7 @@ def manifest(study: ManifestStudy, *, dicomweb_base: str, sop_uid: str, series_u
     ValueError
         The study has no instance (PS3.3 C.17.6.2: the evidence sequence needs one item or more).
     """
-    if not any(series.instances for series in study.series):
+    if not _referenced(study):
         raise ValueError(f"study {study.study_uid} has no instance to reference")
     moment = created.astimezone(timezone.utc)
     ds = Dataset()

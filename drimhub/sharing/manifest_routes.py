@@ -68,7 +68,7 @@ def _involve(study_uid: str) -> None:
 def check_kos_header() -> None:
     """``before_request``: 404 unless the ``KOS-SOPInstanceUID`` names a KOS published for the URL's study."""
     sop_uid = request.headers.get(KOS_HEADER)
-    if sop_uid is None or not request.path.startswith(KOS_ROOTS):
+    if sop_uid is None or request.method == "OPTIONS" or not request.path.startswith(KOS_ROOTS):
         return
     study_uid = (request.view_args or {}).get("study")
     sop_uid = sop_uid.strip()

@@ -150,6 +150,7 @@ def purge(res: Any, rules: str, *, now: datetime | None = None, dry_run: bool = 
     DrimhubError
         ``rules`` cannot be read.
     """
+    # imported here: drimhub.server.config reads the policies at start-up through this module
     from drimhub.dicomweb import delete
     from drimhub.sharing import manifests
     from drimhub.store import audit as audit_store
