@@ -123,3 +123,37 @@ def test_fhir_ris_then_physician_examples(app: Flask, live_server: str, mint: An
     kinds = [(e["resource"]["resourceType"], e["search"]["mode"]) for e in studies["entry"]]
     assert kinds == [("ImagingStudy", "match"), ("DiagnosticReport", "include")]
     assert (tmp_path / "report.pdf").read_bytes() == pdf
+
+
+def test_two_nodes_in_five_minutes(tmp_path: Path) -> None:
+    """The "two nodes in five minutes" walk-through, run as written with bash (ports made free)."""
+    from serverproc import DRIMHUB, free_port
+
+    block = readme_block("two-nodes")
+    block = block.replace("8081", str(free_port())).replace("8082", str(free_port()))
+    block = block.replace(".venv/bin/drimhub", DRIMHUB)
+    (tmp_path / "ct").mkdir()
+    study = f.new_uid()
+    series = f.new_uid()
+    for number in range(3):
+        (tmp_path / "ct" / f"{number}.dcm").write_bytes(f.ct(study, series, PatientID="PAT001").data)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMHUB_")}
+    proc = subprocess.Popen(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err + (tmp_path / "vannes.log").read_text()[-3000:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        with contextlib.suppress(ProcessLookupError, subprocess.TimeoutExpired):
+            proc.wait(30)
+    found = orjson.loads((tmp_path / "found.json").read_bytes())
+    assert [s["0020000D"]["Value"][0] for s in found] == [study]
+    assert found[0]["00081190"]["Value"][0].endswith(f"/dicom-web/studies/{study}")
+    prior = (tmp_path / "prior.multipart").read_bytes()
+    assert prior.count(b"DICM") == 3
+    share = orjson.loads((tmp_path / "share.json").read_bytes())
+    assert share["study"] == study and share["permissions"] == ["read"] and share["token"]
+    metadata = orjson.loads((tmp_path / "metadata.json").read_bytes())
+    assert len(metadata) == 3 and {m["0020000D"]["Value"][0] for m in metadata} == {study}
