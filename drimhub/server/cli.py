@@ -224,7 +224,12 @@ def _check_org(org: str) -> str:
     """``org`` if it is an acceptable organisation identifier, else a usage error."""
     if not org or len(org) > MAX_ORG or not org.isprintable() or org != org.strip():
         raise click.BadParameter(f"an organisation is 1 to {MAX_ORG} printable characters, without surrounding spaces")
-    return org
+    from drimhub.store.access import check_org
+
+    try:
+        return check_org(org)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 # --- OAuth2: tokens, clients, users ---------------------------------------------------------
@@ -235,7 +240,8 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8080"
 
 @main.command()
 @click.option("--scope", required=True, help='Space-separated scopes, e.g. "system/*.rs".')
-@click.option("--org", default="local", show_default=True, help="Organisation (claim org).")
+@click.option("--org", default="local", show_default=True, callback=lambda _c, _p, v: _check_org(v),
+              help="Organisation (claim org).")
 @click.option("--sub", default=None, help="Subject (default: drimhub-cli).")
 @click.option("--ttl", default=300, show_default=True, type=click.IntRange(min=1), help="Lifetime in seconds.")
 @click.option("--patient", default=None, help="Patient context (claim patient) for patient/ scopes.")
@@ -271,7 +277,8 @@ def client() -> None:
 @client.command("create")
 @click.argument("name")
 @click.option("--scope", required=True, help='Scopes it may be granted, e.g. "system/ImagingStudy.rs".')
-@click.option("--org", default="local", show_default=True, help="Organisation its tokens act for.")
+@click.option("--org", default="local", show_default=True, callback=lambda _c, _p, v: _check_org(v),
+              help="Organisation its tokens act for.")
 @click.option("--jwks-file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Its public keys (JWKS JSON): private_key_jwt.")
 @click.option("--jwks-url", help="Where its public keys are published: private_key_jwt.")
@@ -316,7 +323,8 @@ def user() -> None:
 @user.command("add")
 @click.argument("username")
 @click.option("--scope", required=True, help='Scopes the user may be granted, e.g. "user/*.rs".')
-@click.option("--org", default="local", show_default=True, help="Organisation the user acts for.")
+@click.option("--org", default="local", show_default=True, callback=lambda _c, _p, v: _check_org(v),
+              help="Organisation the user acts for.")
 @click.option("--name", "display_name", default="", help="Display name.")
 @click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
 def user_add(username: str, scope: str, org: str, display_name: str, password_stdin: bool) -> None:

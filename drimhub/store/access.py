@@ -5,15 +5,42 @@ the node's own tools and for a deliberate cross-organisation grant) and, for ``p
 scopes, the one patient whose studies are visible. The web layer builds it from the access
 token (:mod:`drimhub.server.auth.policy`); the store applies it in SQL, so that rows of other
 organisations never leave the database.
+
+Cached copies of peers' studies (:mod:`drimhub.federation.cache`) belong to the reserved
+organisations ``peer:NAME`` (:data:`RESERVED_ORG_PREFIX`): no token, client, user or trusted
+issuer may act for such an organisation (:func:`check_org`), and an access sees cached copies only
+when it opts in (:attr:`Access.cached`, set by the federated root's widening) or names their
+organisation itself (the cache's own code).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, or_
+from sqlalchemy import ColumnElement, not_, or_
 
 from drimhub.store.models import Study
+
+#: Organisations starting with this prefix hold peers' cached copies: never a caller's organisation.
+RESERVED_ORG_PREFIX = "peer:"
+
+
+def is_reserved_org(org: str) -> bool:
+    """True for an organisation name reserved for the cache (``peer:...``)."""
+    return org.startswith(RESERVED_ORG_PREFIX)
+
+
+def check_org(org: str) -> str:
+    """``org`` if a caller may act for it.
+
+    Raises
+    ------
+    ValueError
+        ``org`` is reserved for peers' cached copies (``peer:...``).
+    """
+    if is_reserved_org(org):
+        raise ValueError(f"organisation names starting with {RESERVED_ORG_PREFIX!r} are reserved for cached copies")
+    return org
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,9 @@ class Access:
     opposed : frozenset of str
         FHIR Patient ids whose studies are hidden because the patient opposed sharing
         (:mod:`drimhub.sharing.consent`): set for peers' and shared access, never for local care.
+    cached : bool
+        Cached copies of peers' studies are visible too (the federated root only, and the node's
+        own tools). Without it an access that sees every organisation still sees no cached copy.
     """
 
     orgs: frozenset[str] | None
@@ -63,6 +93,7 @@ class Access:
     shared: frozenset[str] = frozenset()
     only: frozenset[str] | None = None
     opposed: frozenset[str] = frozenset()
+    cached: bool = False
 
     @classmethod
     def of_org(cls, org: str, patient: PatientRef | None = None) -> Access:
@@ -71,7 +102,9 @@ class Access:
 
     def sees_org(self, org: str) -> bool:
         """True when studies owned by ``org`` are visible (share grants aside)."""
-        return self.orgs is None or org in self.orgs
+        if self.orgs is None:
+            return self.cached or not is_reserved_org(org)
+        return org in self.orgs
 
     def sees_patient(self, patient_id: str | None, issuer: str | None) -> bool:
         """True when a study of this patient is visible (always, without a patient restriction)."""
@@ -83,6 +116,8 @@ class Access:
         if self.orgs is not None:
             own = Study.org.in_(sorted(self.orgs))
             clauses.append(or_(own, Study.study_uid.in_(sorted(self.shared))) if self.shared else own)
+        elif not self.cached:  # every organisation, but not the cache's (named orgs exclude it already)
+            clauses += [Study.origin.is_(None), not_(Study.org.startswith(RESERVED_ORG_PREFIX, autoescape=True))]
         if self.only is not None:
             clauses.append(Study.study_uid.in_(sorted(self.only)))
         if self.opposed:
@@ -94,5 +129,5 @@ class Access:
         return clauses
 
 
-#: No restriction: the node's own tools (``drimhub import``), never a request.
-EVERYTHING = Access(None)
+#: No restriction: the node's own tools (``drimhub import``, purges), never a request; cached copies too.
+EVERYTHING = Access(None, cached=True)

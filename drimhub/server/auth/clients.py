@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from drimhub.server.auth.scopes import ResourceScope, parse_scopes
 from drimhub.errors import InvalidRequest
+from drimhub.store.access import check_org
 from drimhub.store.security import OAuthClient
 
 #: Organisation of a client or user registered without one.
@@ -77,8 +78,9 @@ def create_client(session: Session, name: str, scope: str, *, org: str = DEFAULT
     Raises
     ------
     InvalidRequest
-        Contradictory or invalid registration data.
+        Contradictory or invalid registration data, or an organisation reserved for cached copies.
     """
+    check_organisation(org)
     uris = [u for u in redirect_uris if u]
     _check_registration(jwks, jwks_url, secret, uris)
     clear = secrets.token_urlsafe(32) if secret else None
@@ -270,3 +272,11 @@ def _covered(wanted: ResourceScope, coverage: tuple[ResourceScope, ...]) -> list
             letters.setdefault(resource, set()).update(have.permissions & wanted.permissions)
     return [f"{wanted.context}/{resource}.{''.join(c for c in 'cruds' if c in perms)}"
             for resource, perms in letters.items() if perms]
+
+
+def check_organisation(org: str) -> None:
+    """InvalidRequest for an organisation reserved for peers' cached copies (``peer:...``)."""
+    try:
+        check_org(org or DEFAULT_ORG)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None

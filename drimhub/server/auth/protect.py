@@ -19,11 +19,15 @@ validator, :class:`NodeTokenValidator`, which accepts:
   introspection issuer is configured.
 
 An item may end with ``;org=ORG`` (every token of that issuer acts for organisation ORG; one
-naming another organisation is refused) or ``;org-claim=CLAIM`` (the organisation is in claim
+naming another organisation is refused; ORG may not be a reserved ``peer:`` organisation) or ``;org-claim=CLAIM`` (the organisation is in claim
 CLAIM rather than ``org``): Pro Santé Connect tokens, for one, carry no ``org``.
 
 Never accepted: ``alg: none`` and HMAC algorithms (:data:`ALGORITHMS`), a token without an
-organisation (every token acts for one: an ``org`` claim, or an issuer's mapping). An issuer that
+organisation (every token acts for one: an ``org`` claim, or an issuer's mapping), a token acting
+for an organisation reserved for peers' cached copies (``peer:...``, :func:`drimhub.store.access.check_org`).
+
+The accepted token itself is kept for the request (:func:`current_token`): the federation relays
+it to ``relay`` peers when an external issuer both nodes trust issued it (:func:`relayable_token`). An issuer that
 cannot be reached is a 502, not a 401: the client's token may well be valid.
 """
 
@@ -42,7 +46,7 @@ import requests
 from authlib.integrations.flask_oauth2 import ResourceProtector
 from authlib.oauth2.rfc6749 import MissingAuthorizationError, OAuth2Error
 from authlib.oauth2.rfc6750 import BearerTokenValidator, InvalidTokenError
-from flask import Flask, current_app
+from flask import Flask, current_app, g
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
@@ -55,6 +59,7 @@ from drimhub.server.auth.principal import Principal
 from drimhub.server.auth.scopes import parse_scopes
 from drimhub.server.db import get_session, resources
 from drimhub.errors import DrimhubError, PeerUnavailable, Unauthorized
+from drimhub.store.access import check_org
 from drimhub.store.security import RevokedToken
 
 REALM = "drimhub"
@@ -68,6 +73,7 @@ INTROSPECTION_CACHE_MAX = 300
 JWKS_MIN_REFRESH = 60
 HTTP_TIMEOUT = 5
 _EXT = "drimhub.protect"
+_TRUSTED = "drimhub.trusted_issuers"
 
 
 #: The revocation check, built once: a Core SELECT on the unique (indexed) ``jti`` column.
@@ -152,6 +158,11 @@ def _issuer_options(item: str, options: list[str]) -> dict[str, Any]:
         name, _, setting = option.partition("=")
         if name not in _ISSUER_OPTIONS or not setting:
             raise ValueError(f"DRIMHUB_TRUSTED_ISSUERS: {item!r}: {option!r} is not org=ORG nor org-claim=CLAIM")
+        if name == "org":
+            try:
+                check_org(setting)
+            except ValueError as exc:
+                raise ValueError(f"DRIMHUB_TRUSTED_ISSUERS: {item!r}: {exc}") from None
         fields[_ISSUER_OPTIONS[name]] = setting
     if len(fields) > 1:
         raise ValueError(f"DRIMHUB_TRUSTED_ISSUERS: {item!r}: org and org-claim exclude each other")
@@ -247,9 +258,11 @@ class NodeTokenValidator(BearerTokenValidator):  # type: ignore[misc]
 
     def authenticate_token(self, token_string: str) -> Principal:
         try:
-            return self._principal(token_string)
+            principal = self._principal(token_string)
         except (TokenRejected, JoseError) as exc:
             raise InvalidTokenError(description=_reason(exc), realm=REALM) from exc
+        g.bearer_token = token_string  # the request's accepted token (current_token), never logged
+        return principal
 
     def validate_token(self, token: Principal | None, scopes: Any, request: Any) -> None:
         # expiry and revocation were checked with the signature; scopes are the policy's business
@@ -323,7 +336,10 @@ def _organisation(claims: dict[str, Any], trusted: TrustedIssuer | None) -> str:
         return trusted.org
     if not isinstance(named, str) or not named:
         raise TokenRejected(f"the token names no organisation (claim {claim})")
-    return named
+    try:
+        return check_org(named)
+    except ValueError as exc:
+        raise TokenRejected(str(exc)) from None
 
 
 def _to_principal(claims: dict[str, Any], issuer: str, token: str, trusted: TrustedIssuer | None = None) -> Principal:
@@ -392,6 +408,24 @@ def authenticate() -> Principal:
                            oauth_error="invalid_token") from None
 
 
+def current_token() -> str | None:
+    """The bearer token accepted for the current request (None before :func:`authenticate`)."""
+    token: str | None = g.get("bearer_token")
+    return token
+
+
+def relayable_token(principal: Principal) -> str | None:
+    """The current request's token, if it may be relayed to a peer; else None.
+
+    Only a token of an external issuer in ``TRUSTED_ISSUERS`` (one the peer can trust too) is
+    relayed: never this node's own tokens (signed with its key, for it alone).
+    """
+    trusted: dict[str, TrustedIssuer] = current_app.extensions[_TRUSTED]
+    if principal.issuer == urls.issuer() or principal.issuer not in trusted:
+        return None
+    return current_token()
+
+
 def init_app(app: Flask) -> None:
     """Build the app's resource protector from ``TRUSTED_ISSUERS``."""
     try:
@@ -401,3 +435,4 @@ def init_app(app: Flask) -> None:
     protector = ResourceProtector()
     protector.register_token_validator(NodeTokenValidator(trusted))
     app.extensions[_EXT] = protector
+    app.extensions[_TRUSTED] = trusted

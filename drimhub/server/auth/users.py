@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from drimhub.server.auth.clients import DEFAULT_ORG
+from drimhub.server.auth.clients import DEFAULT_ORG, check_organisation
 from drimhub.errors import Conflict, InvalidRequest
 from drimhub.store.engine import write_session
 from drimhub.store.security import User
@@ -55,10 +55,11 @@ def add_user(session: Session, username: str, password: str, *, scope: str, org:
     Raises
     ------
     InvalidRequest
-        Empty username or too short a password.
+        Empty username, too short a password, or an organisation reserved for cached copies.
     Conflict
         The username is taken.
     """
+    check_organisation(org)
     username = username.strip()
     if not username:
         raise InvalidRequest("empty username")
@@ -93,3 +94,4 @@ def authenticate(sessions: sessionmaker[Session], username: str, password: str) 
             if stored is not None:
                 stored.password_hash = hash_password(password)
     return user
+
