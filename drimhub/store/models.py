@@ -65,6 +65,9 @@ class Study(Base):
     #: expires (``drimhub purge``).
     origin: Mapped[str | None] = mapped_column(String(64), index=True)
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: When a cached copy was found complete: every instance the peer said the study has
+    #: (NumberOfStudyRelatedInstances) was retrieved (None: partial, never served as the study).
+    cache_complete: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     attrs: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

@@ -1,4 +1,5 @@
-"""Tables of the sharing node: peers, push rules, share grants, background jobs, published manifests.
+"""Tables of the sharing node: peers, push rules, share grants, background jobs, published manifests,
+leases on the filling of cached copies.
 
 The study rows themselves say whether a study is a cached copy of a peer's
 (:attr:`drimhub.store.models.Study.origin`, :attr:`~drimhub.store.models.Study.expires_at`).
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, DateTime, Float, Index, Integer, LargeBinary, String, Text, func
+from sqlalchemy import Boolean, DateTime, Float, Index, Integer, LargeBinary, String, Text, UniqueConstraint, func
 from sqlalchemy.orm import Mapped, mapped_column
 
 from drimhub.store.models import UID_LEN, Base
@@ -120,3 +121,20 @@ class Manifest(Base):
     org: Mapped[str] = mapped_column(String(64))
     content: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class CacheLease(Base):
+    """Who fills the cached copy of peer ``origin``'s study ``study_uid`` (one request at a time).
+
+    Taken by inserting the row (the unique key refuses a second one) or by taking over a row whose
+    ``until`` has passed; renewed while the copy is filled, deleted once the filling ends.
+    """
+
+    __tablename__ = "cache_lease"
+    __table_args__ = (UniqueConstraint("origin", "study_uid", name="uq_cache_lease_origin_study"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    origin: Mapped[str] = mapped_column(String(64))
+    study_uid: Mapped[str] = mapped_column(String(UID_LEN))
+    holder: Mapped[str] = mapped_column(String(32))
+    until: Mapped[datetime] = mapped_column(DateTime(timezone=True))

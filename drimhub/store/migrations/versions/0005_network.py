@@ -1,4 +1,4 @@
-"""The sharing node: peers, push rules, share grants, jobs, manifests; cached copies of studies
+"""The sharing node: peers, push rules, share grants, jobs, manifests; cached copies of studies and their leases
 
 Revision ID: 0005
 Revises: 0004
@@ -24,6 +24,7 @@ def upgrade() -> None:
     with op.batch_alter_table('study') as batch:
         batch.add_column(sa.Column('origin', sa.String(length=64), nullable=True))
         batch.add_column(sa.Column('expires_at', sa.DateTime(timezone=True), nullable=True))
+        batch.add_column(sa.Column('cache_complete', sa.DateTime(timezone=True), nullable=True))
         batch.create_index('ix_study_origin', ['origin'])
     op.create_table(
         'peer',
@@ -111,12 +112,23 @@ def upgrade() -> None:
         sa.UniqueConstraint('sop_uid'),
     )
     op.create_index('ix_manifest_study_uid', 'manifest', ['study_uid'])
+    op.create_table(
+        'cache_lease',
+        sa.Column('pk', sa.Integer(), nullable=False),
+        sa.Column('origin', sa.String(length=64), nullable=False),
+        sa.Column('study_uid', sa.String(length=64), nullable=False),
+        sa.Column('holder', sa.String(length=32), nullable=False),
+        sa.Column('until', sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint('pk'),
+        sa.UniqueConstraint('origin', 'study_uid', name='uq_cache_lease_origin_study'),
+    )
 
 
 def downgrade() -> None:
-    for table in ('manifest', 'job', 'share', 'push_rule', 'peer'):
+    for table in ('cache_lease', 'manifest', 'job', 'share', 'push_rule', 'peer'):
         op.drop_table(table)
     with op.batch_alter_table('study') as batch:
         batch.drop_index('ix_study_origin')
+        batch.drop_column('cache_complete')
         batch.drop_column('expires_at')
         batch.drop_column('origin')
