@@ -8,6 +8,8 @@ in the test's process, or in a huey consumer thread for the Redis back-end.
 
 from __future__ import annotations
 
+import os
+
 import shutil
 import signal
 import threading
@@ -340,6 +342,8 @@ def redis_app(app: Flask) -> Iterator[Flask]:
     try:
         redis.Redis.from_url(REDIS_URL).ping()
     except redis.ConnectionError:
+        if os.environ.get("CI") or os.environ.get("DRIMHUB_TEST_REQUIRE_REDIS"):
+            pytest.fail("Redis is required (CI) but unreachable at 127.0.0.1:6379")
         pytest.skip("no Redis on 127.0.0.1:6379")
     app.config.update(JOBS_URL=REDIS_URL, JOBS_NAME=f"drimhub-test-{uuid.uuid4().hex[:8]}")
     app.extensions[queue.EXTENSION] = queue.JobQueue(app)
