@@ -9,7 +9,6 @@ in the test's process, or in a huey consumer thread for the Redis back-end.
 from __future__ import annotations
 
 import os
-
 import shutil
 import signal
 import threading
