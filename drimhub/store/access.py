@@ -16,6 +16,7 @@ organisation itself (the cache's own code).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import ColumnElement, not_, or_
 
@@ -86,6 +87,9 @@ class Access:
     cached : bool
         Cached copies of peers' studies are visible too (the federated root only, and the node's
         own tools). Without it an access that sees every organisation still sees no cached copy.
+    copies_after : datetime or None
+        Cached copies are visible only while their ``expires_at`` is after this moment (the
+        federated root's widening sets it to now); None: no such condition (the node's tools).
     """
 
     orgs: frozenset[str] | None
@@ -94,6 +98,7 @@ class Access:
     only: frozenset[str] | None = None
     opposed: frozenset[str] = frozenset()
     cached: bool = False
+    copies_after: datetime | None = None
 
     @classmethod
     def of_org(cls, org: str, patient: PatientRef | None = None) -> Access:
@@ -118,6 +123,8 @@ class Access:
             clauses.append(or_(own, Study.study_uid.in_(sorted(self.shared))) if self.shared else own)
         elif not self.cached:  # every organisation, but not the cache's (named orgs exclude it already)
             clauses += [Study.origin.is_(None), not_(Study.org.startswith(RESERVED_ORG_PREFIX, autoescape=True))]
+        if self.copies_after is not None:
+            clauses.append(or_(Study.origin.is_(None), Study.expires_at > self.copies_after))
         if self.only is not None:
             clauses.append(Study.study_uid.in_(sorted(self.only)))
         if self.opposed:
