@@ -22,20 +22,21 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from drimhub.dicomweb import multipart
+from drimhub.dicomweb import delete, multipart
 from drimhub.dicomweb.ingest import UnreadableInstance, parse_instance
 from drimhub.dicomweb.status import FailureReason, is_server_side, stow_http_status
-from drimhub.errors import InvalidRequest, UnsupportedMediaType
+from drimhub.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from drimhub.fhir import derive
-from drimhub.store.access import PatientRef
+from drimhub.store.access import Access, PatientRef, is_reserved_org
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import ATTEMPTS, is_transient, write_session
 from drimhub.store.index import (IndexEntry, InstanceRow, Known, Outcome, StoreResult, known_instances,
                                  store_instances)
-from drimhub.store.models import DEFAULT_ORG
+from drimhub.store.models import DEFAULT_ORG, Study
 
 log = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ class StoreService:
         """Move the blobs of new instances into place, then index them in one transaction."""
         if not pending:
             return []
+        self._evict_cached_copies({parsed.study_uid for _, parsed in pending})
         with self.sessions() as session:
             known = known_instances(session, [parsed.sop_uid for _, parsed in pending])
         outcomes: list[Outcome | None] = []
@@ -269,6 +271,22 @@ class StoreService:
                 self.blobs.delete(done.obsolete_blob)
             outcomes.append(self._record(parsed, done.outcome, result))
         return outcomes
+
+    def _evict_cached_copies(self, study_uids: set[str]) -> None:
+        """Delete the peers' cached copies (rows and blobs) of ``study_uids`` before an organisation
+        stores into them: the organisation's own instances replace a copy (a study pushed here after
+        it was viewed through the federated root)."""
+        if is_reserved_org(self.org):
+            return  # the cache itself writing
+        with self.sessions() as session:
+            copies = list(session.execute(select(Study.study_uid, Study.org).where(
+                Study.study_uid.in_(sorted(study_uids)), Study.origin.is_not(None))))
+        for uid, org in copies:
+            log.info("study %s: the cached copy of %s gives way to organisation %s's instances", uid, org, self.org)
+            try:
+                delete.delete(self.sessions, self.blobs, Access(frozenset({org}), cached=True), uid)
+            except NotFound:
+                pass  # gone meanwhile (a purge, another STOW)
 
     def _after_failed_index(self, placed: list[tuple[IndexEntry, InstanceRow]],
                             result: StowResult) -> list[Outcome | None]:

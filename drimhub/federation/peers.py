@@ -269,6 +269,9 @@ def get_peer(session: Session, name: str) -> PeerInfo:
 def remove_peer(session: Session, name: str) -> None:
     """Stop trusting the peer called ``name``; :class:`~drimhub.errors.NotFound` if none."""
     session.delete(_row(session, name))
+    from drimhub.federation.cache import expire_copies  # here: the cache module imports this one
+
+    expire_copies(session, name)  # its cached copies expire now (purged, no longer served)
     session.flush()
 
 

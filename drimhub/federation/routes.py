@@ -85,7 +85,7 @@ def _federate() -> None:
     g.access = fcache.widen(access, peers)
     res = resources()
     g.federation = Federation(peers, _outbound(), fcache.Cache(res.sessions, res.blobs,
-                                                               int(current_app.config["CACHE_DAYS"])))
+                                                               fcache.lifetime(str(current_app.config["RETENTION"]))))
 
 
 bp.before_request(_federate)
@@ -140,7 +140,7 @@ def _holder(scope: wado.Scope) -> fwado.Holder | None:
     if ref is not None:
         origin = fed.peer(ref.org.removeprefix(fcache.CACHE_PREFIX)) if ref.org.startswith(fcache.CACHE_PREFIX) \
             else None
-        if origin is None or retrieve.instances(session, access, scope.study, scope.series, scope.sop):
+        if origin is None or fwado.served_here(session, access, origin.name, scope):
             return None
         wado.check_patient(ref, access)
         return fwado.Holder(origin, ref.patient_id, ref.issuer_of_patient_id)
@@ -164,12 +164,13 @@ def _cached(scope: wado.Scope) -> None:
 def retrieve_instances(study: str, series: str | None = None, sop: str | None = None) -> Response:
     scope = wado.Scope(study, series, sop)
     holder = _holder(scope)
-    if holder is not None and sop is None:  # a study or series: streamed while it is cached
+    if holder is not None:  # streamed from the peer, or cached first and then served here
         fed = federation()
         auditctx.involve(holder.patient_id, study, holder.issuer)
-        return _answer(fwado.stream(fed.cache, fed.out, holder.peer, scope, _accept()))
-    if holder is not None:
-        _cached(scope)
+        answer = fwado.retrieve_from_peer(fed.cache, fed.out, holder.peer, scope, _accept(), current_access())
+        if answer is not None:
+            return _answer(answer)
+        get_session().rollback()  # end the read transaction begun before caching: see the new rows
     return local.retrieve(study, series, sop)
 
 

@@ -52,13 +52,11 @@ DEFAULTS: dict[str, Any] = {
     # --- sharing node (drimhub.federation, drimhub.jobs, drimhub.sharing) ---
     # Seconds a federated request waits for each peer before answering without it (Warning).
     "PEER_TIMEOUT": 10.0,
-    # Days a study retrieved from a peer is kept as a cached copy (then `drimhub purge` removes it).
-    "CACHE_DAYS": 30,
     # Job queue (huey): "sqlite:///PATH" (default: <DATA_DIR>/jobs.db, one machine) or
     # "redis://HOST:PORT/DB" (several machines).
     "JOBS_URL": None,
     # Retention policies, "KIND=DAYS" items separated by spaces or commas: "cached=30" (copies of
-    # peers' studies, counted from their retrieval), "org:ORG=90" (studies of organisation ORG,
+    # peers' studies, counted from their retrieval; 30 days without it), "org:ORG=90" (studies of organisation ORG,
     # counted from their final report). See drimhub.sharing.retention.
     "RETENTION": "",
     # Longest lifetime of a share grant, in days.

@@ -4,9 +4,10 @@ Policies (``DRIMHUB_RETENTION``): items ``KIND=DAYS`` separated by spaces or com
 most once, ``DAYS`` a whole number of days (0 or more).
 
 ``cached=DAYS``
-    Cached copies of peers' studies (:attr:`~drimhub.store.models.Study.origin` set): expired
-    when their :attr:`~drimhub.store.models.Study.expires_at` has passed, or, for a copy without
-    one, ``DAYS`` after it was stored here.
+    Cached copies of peers' studies (:attr:`~drimhub.store.models.Study.origin` set): a copy
+    expires ``DAYS`` after it was retrieved (its :attr:`~drimhub.store.models.Study.expires_at`,
+    set then; a copy without one ``DAYS`` after it was stored here). Without this policy, 30 days
+    (:data:`DEFAULT_CACHE_DAYS`): expired cached copies are purged with or without it.
 ``org:ORG=DAYS``
     Studies of organisation ``ORG``: expired ``DAYS`` after their final report, the latest
     DiagnosticReport of status ``final``, ``amended`` or ``corrected`` whose ``imagingStudy``
@@ -42,6 +43,9 @@ FINAL_STATUSES = ("final", "amended", "corrected")
 STUDY_DELETED = ("http://dicom.nema.org/resources/ontology/DCM", "110105", "DICOM Study Deleted")
 #: The agent of purge events (AuditEvent client agent).
 PURGE_AGENT = "drimhub-purge"
+
+#: Days a cached copy is kept when ``DRIMHUB_RETENTION`` has no ``cached=DAYS`` policy.
+DEFAULT_CACHE_DAYS = 30
 
 _ITEM = re.compile(r"^(cached|org:([^\s,=]{1,64}))=(\d{1,6})$")
 
@@ -90,6 +94,11 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def cache_days(text: str) -> int:
+    """Days a cached copy is kept: the ``cached=DAYS`` policy of ``text``, else :data:`DEFAULT_CACHE_DAYS`."""
+    return next((r.days for r in parse_rules(text) if r.kind == "cached"), DEFAULT_CACHE_DAYS)
+
+
 _COLUMNS = (Study.study_uid, Study.org, Study.patient_id, Study.issuer_of_patient_id)
 
 
@@ -121,6 +130,8 @@ def _expired_reported(session: Session, rule: Rule, now: datetime) -> list[Any]:
 def expired(session: Session, rules: tuple[Rule, ...], now: datetime) -> list[Expired]:
     """The studies ``rules`` expire at ``now`` (each once, with the first policy that expires it)."""
     found: dict[str, Expired] = {}
+    if not any(r.kind == "cached" for r in rules):
+        rules = (*rules, Rule("cached", DEFAULT_CACHE_DAYS))  # expired cached copies go in any case
     for rule in rules:
         select_rows = _expired_copies if rule.kind == "cached" else _expired_reported
         for uid, org, patient_id, issuer in select_rows(session, rule, now):
