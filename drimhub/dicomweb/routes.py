@@ -9,6 +9,7 @@ runs) to the services, and notes every study it touches for the audit (:func:`au
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
@@ -65,14 +66,22 @@ def search(level: str, study: str | None = None, series: str | None = None) -> R
     media_type = qido.response_media_type(_accept())
     expr = parse_query(Level[level.upper()], request.args, study, series)
     result = qido.search(get_session(), expr, base_url(), current_app.config["QIDO_MAX_RESULTS"], current_access())
+    return search_answer(result, media_type)
+
+
+def search_answer(result: qido.SearchResult, media_type: str) -> Response:
+    """A QIDO-RS answer: the studies it touched noted for the audit, the matches in ``media_type``
+    (DICOM JSON, or multipart DICOM XML), a ``Warning`` per warning text whose agent is this
+    node's public host (never the client-supplied Host header)."""
     for patient, issuer, study_uid in sorted(result.touched, key=str):
         auditctx.involve(patient, study_uid, issuer)
     if media_type == xml.DICOM_XML:
         response = _answer(wado.multipart_answer(xml.parts(result.matches), xml.DICOM_XML))
     else:
         response = Response(orjson.dumps(result.matches), mimetype=media_type)
+    agent = urlsplit(urls.base_url()).netloc
     for text in result.warnings:
-        response.headers.add("Warning", qido.warning_header(request.host, text))
+        response.headers.add("Warning", qido.warning_header(agent, text))
     return response
 
 

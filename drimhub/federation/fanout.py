@@ -5,13 +5,20 @@ in a thread pool. Each peer has its own deadline (the peer's ``timeout``, else t
 ``PEER_TIMEOUT``); a peer that fails or misses its deadline becomes a :class:`PeerFailure`, never an
 error of the request. Threads get plain values only (:class:`Outbound`, :class:`PeerInfo`): no
 Flask context, no database session.
+
+A ``relay`` peer gets the caller's token only when an external identity provider both nodes
+trust issued it (:func:`drimhub.server.auth.protect.relayable_token`); otherwise it is not asked
+at all, and the answer says so (``peer NAME needs a token of a shared identity provider``).
+Searches read at most :data:`MAX_ANSWER` bytes of a peer's answer, within its time-out
+(:class:`drimhub.federation.outbound.OriginGuard`), and every session is closed after its call.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -33,6 +40,10 @@ T = TypeVar("T")
 MAX_PARALLEL = 8
 #: Longest reason kept in a Warning header or an OperationOutcome.
 MAX_REASON = 160
+#: Largest search answer (QIDO-RS, FHIR searchset) read from a peer, in bytes.
+MAX_ANSWER = 32 * 1024 * 1024
+#: Why a ``relay`` peer is not asked without a relayable token.
+NEEDS_SHARED_IDP = "needs a token of a shared identity provider"
 
 
 @dataclass(frozen=True)
@@ -44,7 +55,8 @@ class Outbound:
     signing_key : RSAKey
         The node's key (SMART backend services client assertions).
     relay_token : str or None
-        The caller's own bearer token, given only to ``relay`` peers.
+        The caller's token if it may be relayed (an external issuer's), given only to ``relay``
+        peers; None: ``relay`` peers are not asked.
     default_timeout : float
         Seconds a peer without its own ``timeout`` is waited for (``PEER_TIMEOUT``).
     """
@@ -54,21 +66,36 @@ class Outbound:
     default_timeout: float
 
     def timeout(self, peer: PeerInfo) -> float:
-        """The peer's own time-out, else the default."""
-        return float(peer.timeout or self.default_timeout)
+        """The peer's own time-out, else the default (:func:`drimhub.federation.outbound.peer_timeout`)."""
+        return outbound.peer_timeout(peer, self.default_timeout)
+
+    def can_ask(self, peer: PeerInfo) -> bool:
+        """False for a ``relay`` peer when there is no relayable token."""
+        return peer.auth != "relay" or self.relay_token is not None
 
     def _relay(self, peer: PeerInfo) -> str | None:
         return self.relay_token if peer.auth == "relay" else None
 
-    def dicomweb(self, peer: PeerInfo) -> DICOMwebClient:
-        """A dicomweb-client for ``peer`` (:func:`drimhub.federation.outbound.dicomweb_client`)."""
+    def dicomweb(self, peer: PeerInfo, max_body: int | None = None) -> DICOMwebClient:
+        """A dicomweb-client for ``peer`` (:func:`drimhub.federation.outbound.dicomweb_client`); its
+        session is the caller's to close (:meth:`client` does)."""
         return outbound.dicomweb_client(peer, self.signing_key, relay_token=self._relay(peer),
-                                        timeout=self.timeout(peer))
+                                        timeout=self.timeout(peer), max_body=max_body)
 
-    def session(self, peer: PeerInfo) -> requests.Session:
-        """A guarded session for ``peer``'s FHIR calls (:func:`drimhub.federation.outbound.peer_session`)."""
+    @contextmanager
+    def client(self, peer: PeerInfo, max_body: int | None = MAX_ANSWER) -> Iterator[DICOMwebClient]:
+        """:meth:`dicomweb` for one search, its session closed afterwards."""
+        found = self.dicomweb(peer, max_body)
+        try:
+            yield found
+        finally:
+            found._session.close()  # dicomweb-client keeps the session it was given there
+
+    def session(self, peer: PeerInfo, max_body: int | None = MAX_ANSWER) -> requests.Session:
+        """A guarded session for ``peer``'s FHIR calls (:func:`drimhub.federation.outbound.peer_session`);
+        use it in a ``with`` block."""
         return outbound.peer_session(peer, self.signing_key, relay_token=self._relay(peer),
-                                     timeout=self.timeout(peer))
+                                     timeout=self.timeout(peer), max_body=max_body)
 
 
 @dataclass(frozen=True)
@@ -77,10 +104,13 @@ class PeerFailure:
 
     peer: str
     reason: str
+    #: The peer was not asked at all (:data:`NEEDS_SHARED_IDP`).
+    skipped: bool = False
 
     def text(self) -> str:
-        """``peer NAME unavailable: REASON`` (the Warning text, the OperationOutcome diagnostics)."""
-        return f"peer {self.peer} unavailable: {self.reason}"
+        """``peer NAME unavailable: REASON``, or ``peer NAME REASON`` for a peer not asked (the
+        Warning text, the OperationOutcome diagnostics)."""
+        return f"peer {self.peer} {self.reason}" if self.skipped else f"peer {self.peer} unavailable: {self.reason}"
 
 
 @dataclass
@@ -115,7 +145,9 @@ class Fanout(Generic[T]):
     """
 
     def __init__(self, peers: Sequence[PeerInfo], out: Outbound, call: Callable[[PeerInfo], T]) -> None:
-        self.peers = list(peers)
+        self.peers = [peer for peer in peers if out.can_ask(peer)]
+        self.skipped = [PeerFailure(peer.name, NEEDS_SHARED_IDP, skipped=True) for peer in peers
+                        if not out.can_ask(peer)]
         self.out = out
         self.started = time.monotonic()
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(len(self.peers), MAX_PARALLEL)),
@@ -124,7 +156,7 @@ class Fanout(Generic[T]):
 
     def gather(self) -> Gathered[T]:
         """Wait for each peer until its own deadline; never raises for a peer's failure."""
-        out: Gathered[T] = Gathered()
+        out: Gathered[T] = Gathered(failures=list(self.skipped))
         try:
             for peer, future in zip(self.peers, self.futures):
                 timeout = self.out.timeout(peer)

@@ -105,12 +105,19 @@ def address_refused(address: str) -> str | None:
     address"``...); None if it may.
 
     Unspecified, loopback, link-local (169.254.0.0/16, fe80::/10), multicast, private and reserved
-    addresses are refused, as is every address that is not globally reachable (an IPv4-mapped
-    IPv6 address is judged by its IPv4 address).
+    addresses are refused, as is every address that is not globally reachable. An IPv6 address
+    that carries an IPv4 address (IPv4-mapped ``::ffff:0:0/96``, 6to4 ``2002::/16``, Teredo
+    ``2001::/32``: server and client) is refused when that IPv4 address is.
     """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+        ip = ip.ipv4_mapped  # judged as the IPv4 address it is
+    if isinstance(ip, ipaddress.IPv6Address):
+        embedded = [ip.sixtofour, *(ip.teredo or ())]
+        for inner in (v4 for v4 in embedded if v4 is not None):
+            reason = address_refused(str(inner))
+            if reason:
+                return f"an IPv6 address carrying {reason}"
     for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
         if getattr(ip, f"is_{kind}"):
             return f"a {kind.replace('_', '-')} address"

@@ -18,8 +18,12 @@ Merge rules (also for the conformance statement):
   the truncation Warning (PS3.18 §8.3.4.4);
 - a peer that fails or misses its time-out adds ``Warning: 299 HOST: peer NAME unavailable:
   REASON``; the answer is still 200 with what the other sources found;
-- a ``patient/`` scope: peers are asked with the token's PatientID (and IssuerOfPatientID) as
-  filters, and a peer's match of any other patient, or without a PatientID, is dropped.
+- a ``patient/`` scope: peers are asked only when the token's ``patient`` claim names the issuer
+  (``issuer|id``: a bare PatientID means nothing across hospitals), with PatientID and
+  IssuerOfPatientID as filters (:func:`patient_filters`); a peer's match of any other patient, or
+  without both, is dropped (:func:`of_patient`);
+- a peer's answer is read up to :data:`drimhub.federation.fanout.MAX_ANSWER` bytes within its
+  time-out, and its session closed after the call.
 """
 
 from __future__ import annotations
@@ -61,26 +65,46 @@ class PeerQuery:
         if access.patient is not None:  # the token's patient, whatever the request named (it was checked)
             filters = {k: v for k, v in filters.items() if k not in ("PatientID", "IssuerOfPatientID",
                                                                      PATIENT_ID, ISSUER_OF_PATIENT_ID)}
-            filters["PatientID"] = access.patient.id
-            if access.patient.issuer:
-                filters["IssuerOfPatientID"] = access.patient.issuer
+            filters.update(patient_filters(access))
         fields = tuple(name.strip() for raw in args.getlist("includefield") for name in raw.split(",") if name.strip())
         limit = expr.offset + expr.limit if expr.limit is not None else None
         return cls(filters, fields, expr.fuzzymatching if args.getlist("fuzzymatching") else None, limit)
 
 
+def patient_filters(access: Access) -> dict[str, str]:
+    """The QIDO-RS filters that ask a peer for the studies of ``access``'s patient only (none without one).
+
+    The peers are asked only for a patient named with its issuer (:func:`drimhub.federation.routes`).
+    """
+    if access.patient is None:
+        return {}
+    filters = {"PatientID": access.patient.id}
+    if access.patient.issuer:
+        filters["IssuerOfPatientID"] = access.patient.issuer
+    return filters
+
+
+def of_patient(match: dict[str, Any], access: Access) -> bool:
+    """False for a peer's match that ``access``'s patient restriction does not cover (PatientID and
+    IssuerOfPatientID both; a restriction without an issuer covers no peer's match)."""
+    if access.patient is None:
+        return True
+    return access.patient.issuer is not None and access.patient.matches(value(match, PATIENT_ID),
+                                                                         value(match, ISSUER_OF_PATIENT_ID))
+
+
 def ask_peer(out: Outbound, peer: PeerInfo, expr: QueryExpression, query: PeerQuery) -> list[dict[str, Any]]:
     """One peer's matches (dicomweb-client's QIDO-RS search at the request's level)."""
-    client = out.dicomweb(peer)
     kwargs: dict[str, Any] = {"fuzzymatching": query.fuzzymatching, "limit": query.limit,
                               "fields": list(query.fields) or None, "search_filters": query.filters}
-    if expr.level is Level.STUDY:
-        found = client.search_for_studies(**kwargs)
-    elif expr.level is Level.SERIES:
-        found = client.search_for_series(study_instance_uid=expr.study_uid, **kwargs)
-    else:
-        found = client.search_for_instances(study_instance_uid=expr.study_uid, series_instance_uid=expr.series_uid,
-                                            **kwargs)
+    with out.client(peer) as client:
+        if expr.level is Level.STUDY:
+            found = client.search_for_studies(**kwargs)
+        elif expr.level is Level.SERIES:
+            found = client.search_for_series(study_instance_uid=expr.study_uid, **kwargs)
+        else:
+            found = client.search_for_instances(study_instance_uid=expr.study_uid,
+                                                series_instance_uid=expr.series_uid, **kwargs)
     return [match for match in found if isinstance(match, dict)] if isinstance(found, list) else []
 
 
@@ -128,13 +152,13 @@ def search(session: Session, expr: QueryExpression, args: Args, access: Access, 
     for peer, matches in gathered.answers:
         for match in matches:
             key = _key(match, expr.level)
-            if (key is not None and key in seen) or not _of_patient(match, access):
+            if (key is not None and key in seen) or not of_patient(match, access):
                 continue
             seen.add(key)
             _tag(match, expr, peer.dicomweb_url)
             merged.append(match)
-            if (study := _value(match, STUDY_UID) or expr.study_uid) is not None:
-                touched.add((_value(match, PATIENT_ID), _value(match, ISSUER_OF_PATIENT_ID), study))
+            if (study := value(match, STUDY_UID) or expr.study_uid) is not None:
+                touched.add((value(match, PATIENT_ID), value(match, ISSUER_OF_PATIENT_ID), study))
     end = expr.offset + expr.limit if expr.limit is not None else None
     page, warnings = merged[expr.offset:end], list(local.warnings)
     if len(page) > max_results:  # PS3.18 §8.3.4.4: truncate and warn
@@ -145,21 +169,14 @@ def search(session: Session, expr: QueryExpression, args: Args, access: Access, 
     return qido.SearchResult(page, tuple(warnings), frozenset(touched))
 
 
-def _value(match: dict[str, Any], tag: str) -> str | None:
+def value(match: dict[str, Any], tag: str) -> str | None:
+    """The first value of ``tag`` in a DICOM JSON ``match`` as a string (a string or number), else None."""
     values = (match.get(tag) or {}).get("Value") or []
     return str(values[0]) if values and isinstance(values[0], (str, int)) else None
 
 
 def _key(match: dict[str, Any], level: Level) -> str | None:
-    return _value(match, LEVEL_UID[level])
-
-
-def _of_patient(match: dict[str, Any], access: Access) -> bool:
-    """False for a peer's match that a ``patient/`` restriction does not cover."""
-    if access.patient is None:
-        return True
-    return access.patient.matches(_value(match, PATIENT_ID), _value(match, ISSUER_OF_PATIENT_ID)
-                                  if access.patient.issuer else None)
+    return value(match, LEVEL_UID[level])
 
 
 def wado_url(base: str, level: Level, study: str | None, series: str | None, sop: str | None) -> str | None:
@@ -173,8 +190,8 @@ def wado_url(base: str, level: Level, study: str | None, series: str | None, sop
 
 def _tag(match: dict[str, Any], expr: QueryExpression, base: str) -> None:
     """Set RetrieveURL to the origin's WADO-RS URL of the match (PS3.18 Table 6.7.1-2)."""
-    url = wado_url(base, expr.level, _value(match, STUDY_UID) or expr.study_uid,
-                   _value(match, SERIES_UID) or expr.series_uid, _value(match, "00080018"))
+    url = wado_url(base, expr.level, value(match, STUDY_UID) or expr.study_uid,
+                   value(match, SERIES_UID) or expr.series_uid, value(match, "00080018"))
     if url is not None:
         match[qido.RETRIEVE_URL] = {"vr": "UR", "Value": [url]}
 
@@ -182,12 +199,12 @@ def _tag(match: dict[str, Any], expr: QueryExpression, base: str) -> None:
 def _retag_cached(session: Session, matches: list[dict[str, Any]], expr: QueryExpression, local_base: str,
                   peers: Sequence[PeerInfo]) -> None:
     """Local matches of cached copies get their origin peer's RetrieveURL."""
-    studies = {study for m in matches if (study := _value(m, STUDY_UID) or expr.study_uid)}
+    studies = {study for m in matches if (study := value(m, STUDY_UID) or expr.study_uid)}
     cached = cache.origins(session, studies, peers)
     if not cached:
         return
     roots = {peer.name: peer.dicomweb_url for peer in peers}
     for match in matches:
-        origin = cached.get(_value(match, STUDY_UID) or expr.study_uid or "")
+        origin = cached.get(value(match, STUDY_UID) or expr.study_uid or "")
         if origin in roots:
             _tag(match, expr, roots[origin])

@@ -8,21 +8,26 @@ where the answer comes from the local store.
 
 Access: the rules of ``/dicom-web`` (ImagingStudy ``s`` to search, ``r`` to retrieve). Before each
 view the caller's :class:`~drimhub.store.access.Access` is widened to the cached copies of the
-current peers (:func:`drimhub.federation.cache.widen`), so the reused views and services see
-them; plain ``/dicom-web`` never does. A share link's capability token reaches neither peers nor
-cached copies. ``relay`` peers get the caller's own bearer token; ``smart-backend`` peers this
-node's (drimhub.federation.outbound).
+current peers (:func:`drimhub.federation.cache.widen`, :attr:`Access.cached`), so the reused
+views and services see them; plain ``/dicom-web`` never does. Answered from this node's own
+studies only, asking no peer and seeing no cached copy (:func:`local_only`): a peer node's token
+(``drimhub/peer``: no transitive federation, no token relayed to a third origin), a share link's
+capability, and a ``patient/`` scope whose ``patient`` claim has no issuer (a bare PatientID
+names no one across hospitals). ``relay`` peers get the caller's token only when an external
+issuer both nodes trust issued it (:func:`drimhub.server.auth.protect.relayable_token`), else
+they are skipped with a Warning; ``smart-backend`` peers get this node's
+(drimhub.federation.outbound).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 
-from drimhub.dicomweb import qido, xml
+from drimhub.dicomweb import qido
 from drimhub.dicomweb import routes as local
 from drimhub.dicomweb import wado
 from drimhub.dicomweb.query import Level, parse_query
@@ -33,10 +38,12 @@ from drimhub.federation import wado as fwado
 from drimhub.federation.fanout import Outbound
 from drimhub.federation.peers import PeerInfo, list_peers
 from drimhub.server import auditctx, urls
-from drimhub.server.auth import policy
-from drimhub.server.auth.policy import Requirement, current_access
+from drimhub.server.auth import policy, protect
+from drimhub.server.auth.policy import Requirement, current_access, current_principal
+from drimhub.server.auth.principal import Principal
 from drimhub.server.db import get_session, resources
 from drimhub.store import retrieve
+from drimhub.store.access import Access
 
 bp = Blueprint("federated", __name__, url_prefix="/federated/dicom-web")
 
@@ -67,24 +74,31 @@ def _answer(answer: wado.WadoAnswer) -> Response:
     return Response(answer.body, status=answer.status, headers=answer.headers)
 
 
-def _bearer() -> str | None:
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    return token.strip() or None if scheme.lower() == "bearer" else None
+def local_only(principal: Principal, access: Access) -> bool:
+    """True when the request is answered from this node's own studies only (module docstring)."""
+    return (principal.share is not None or access.only is not None or policy.PEER_SCOPE in principal.scopes.other
+            or (access.patient is not None and access.patient.issuer is None))
 
 
-def _outbound() -> Outbound:
-    return Outbound(resources().signing_key, _bearer(), float(current_app.config["PEER_TIMEOUT"]))
+def _peers(principal: Principal, access: Access) -> tuple[PeerInfo, ...]:
+    return () if local_only(principal, access) else tuple(list_peers(get_session()))
+
+
+def _outbound(principal: Principal) -> Outbound:
+    return Outbound(resources().signing_key, protect.relayable_token(principal),
+                    float(current_app.config["PEER_TIMEOUT"]))
 
 
 def _federate() -> None:
     """Blueprint ``before_request`` (after :func:`policy.enforce`): widen the access, list the peers."""
     if request.method == "OPTIONS" or g.get("access") is None:
         return
-    access = current_access()
-    peers = () if access.only is not None else tuple(list_peers(get_session()))
-    g.access = fcache.widen(access, peers)
+    principal, access = current_principal(), current_access()
+    peers = _peers(principal, access)
+    if not local_only(principal, access):
+        g.access = dataclasses.replace(fcache.widen(access, peers), cached=True)
     res = resources()
-    g.federation = Federation(peers, _outbound(), fcache.Cache(res.sessions, res.blobs,
+    g.federation = Federation(peers, _outbound(principal), fcache.Cache(res.sessions, res.blobs,
                                                                fcache.lifetime(str(current_app.config["RETENTION"]))))
 
 
@@ -104,15 +118,7 @@ def search(level: str, study: str | None = None, series: str | None = None) -> R
     fed = federation()
     result = fqido.search(get_session(), expr, request.args, current_access(), local_base=local.base_url(),
                           max_results=current_app.config["QIDO_MAX_RESULTS"], peers=fed.peers, out=fed.out)
-    for patient, issuer, study_uid in sorted(result.touched, key=str):
-        auditctx.involve(patient, study_uid, issuer)
-    if media_type == xml.DICOM_XML:
-        response = _answer(wado.multipart_answer(xml.parts(result.matches), xml.DICOM_XML))
-    else:
-        response = Response(orjson.dumps(result.matches), mimetype=media_type)
-    for text in result.warnings:
-        response.headers.add("Warning", qido.warning_header(request.host, text))
-    return response
+    return local.search_answer(result, media_type)
 
 
 _QIDO = (("/studies", "search_studies", "study"), ("/series", "search_series", "series"),
@@ -233,11 +239,10 @@ bp.add_url_rule("/", "root_slash", options_root, methods=["OPTIONS"])
 def federated_fhir(bundle: dict[str, Any], pairs: list[tuple[str, str]]) -> dict[str, Any]:
     """The local searchset ``bundle`` with the peers' results added (:mod:`drimhub.federation.fhir_search`).
 
-    A share link's capability reaches no peer.
+    Callers answered from this node only (:func:`local_only`) reach no peer.
     """
-    access = current_access()
-    peers = [] if access.only is not None else list_peers(get_session())
-    return fhir_search.add_peers(bundle, pairs, peers, _outbound())
+    principal, access = current_principal(), current_access()
+    return fhir_search.add_peers(bundle, pairs, _peers(principal, access), _outbound(principal), access)
 
 
 def init_app(app: Flask) -> None:

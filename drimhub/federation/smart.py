@@ -22,7 +22,7 @@ from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from drimhub.errors import InvalidRequest, PeerUnavailable
-from drimhub.federation.outbound import OutboundRefused, effective_timeout, guarded_session
+from drimhub.federation.outbound import OutboundRefused, guarded_session, peer_timeout
 from drimhub.federation.peers import PeerInfo, check_url, origin_of
 
 #: Algorithm of the client assertions (SMART Backend Services: RS384 or ES384).
@@ -33,6 +33,8 @@ ASSERTION_LIFETIME = 300
 EXPIRY_MARGIN = 30
 #: RFC 7523 §2.2 client assertion type.
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: Largest token endpoint answer read (bytes).
+MAX_TOKEN_ANSWER = 64 * 1024
 #: Where SMART servers publish their configuration, relative to a base (SMART App Launch 2.x).
 WELL_KNOWN = "/.well-known/smart-configuration"
 
@@ -69,7 +71,7 @@ def token_endpoint(peer: PeerInfo, *, timeout: float | None = None) -> str:
         known = _endpoints.get(key)
     if known:
         return known
-    found = _discover(peer, effective_timeout(peer, timeout))
+    found = _discover(peer, timeout or peer_timeout(peer))
     with _lock:
         _endpoints[key] = found
     return found
@@ -80,7 +82,8 @@ def _discover(peer: PeerInfo, timeout: float) -> str:
     if peer.fhir_url:
         candidates.append(peer.fhir_url + WELL_KNOWN)
     problems = []
-    with guarded_session(peer.origin, allow_private=peer.allow_private, timeout=timeout) as session:
+    with guarded_session(peer.origin, allow_private=peer.allow_private, timeout=timeout,
+                         max_body=MAX_TOKEN_ANSWER) as session:
         for url in dict.fromkeys(candidates):
             try:
                 response = session.get(url, headers={"Accept": "application/json"}, allow_redirects=True)
@@ -118,7 +121,7 @@ def access_token(peer: PeerInfo, signing_key: RSAKey, *, timeout: float | None =
     """
     if not peer.client_id:
         raise PeerUnavailable(f"peer {peer.name} has no client id for SMART backend services")
-    seconds = effective_timeout(peer, timeout)
+    seconds = timeout or peer_timeout(peer)
     token_url = token_endpoint(peer, timeout=seconds)
     key = _cache_key(peer, token_url)
     with _lock:
@@ -145,16 +148,18 @@ def _request_token(peer: PeerInfo, token_url: str, signing_key: RSAKey, timeout:
     form = {"grant_type": "client_credentials", "scope": peer.scope, "client_assertion_type": JWT_BEARER,
             "client_assertion": client_assertion(peer.client_id, token_url, signing_key)}
     origin = origin_of(token_url)
-    try:
-        with guarded_session(origin, allow_private=peer.allow_private, timeout=timeout) as session:
+    try:  # InvalidURL, InvalidSchema... are ValueErrors too: only the sending is in this block
+        with guarded_session(origin, allow_private=peer.allow_private, timeout=timeout,
+                             max_body=MAX_TOKEN_ANSWER) as session:
             response = session.post(token_url, data=form, headers={"Accept": "application/json"},
                                     allow_redirects=False)
-            body: Any = response.json()
+    except (requests.RequestException, ValueError) as exc:
+        raise PeerUnavailable(f"peer {peer.name}: token endpoint unreachable ({type(exc).__name__})") from exc
+    try:
+        body: Any = response.json()
     except ValueError:
         raise PeerUnavailable(f"peer {peer.name}: the token endpoint answered HTTP {response.status_code}, "
                               "not JSON") from None
-    except requests.RequestException as exc:
-        raise PeerUnavailable(f"peer {peer.name}: token endpoint unreachable ({type(exc).__name__})") from exc
     if response.status_code != 200 or not isinstance(body, dict):
         error = body.get("error") if isinstance(body, dict) else None
         raise PeerUnavailable(f"peer {peer.name}: the token endpoint refused this node "
