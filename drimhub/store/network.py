@@ -70,6 +70,8 @@ class Share(Base):
     org: Mapped[str] = mapped_column(String(64), index=True)
     grantee_org: Mapped[str | None] = mapped_column(String(64))
     grantee_user: Mapped[str | None] = mapped_column(String(255))
+    #: Issuer of the grantee user's tokens (a ``sub`` is unique within its issuer only).
+    grantee_issuer: Mapped[str | None] = mapped_column(String(512))
     link: Mapped[bool] = mapped_column(Boolean, server_default="0")
     permissions: Mapped[str] = mapped_column(String(32))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -105,6 +107,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     result: Mapped[bytes | None] = mapped_column(LargeBinary)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Fencing token of the current lease: every write of the running worker names it, so a worker
+    #: whose lease was taken over writes nothing.
+    lease_id: Mapped[str | None] = mapped_column(String(32))
     next_attempt: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
