@@ -311,3 +311,15 @@ def test_a_refusal_does_not_reveal_the_address_a_name_resolves_to() -> None:
         with pytest.raises(OutboundRefused, match="refused") as refused:
             session.get("https://localhost:9/dicom-web/studies")
     assert "127.0.0.1" not in refused.value.message and "::1" not in refused.value.message
+
+
+def test_a_cross_organisation_search_sees_unexpired_cached_copies_only(client: FlaskClient, anon: FlaskClient,
+                                                                        app: Flask, mint: Mint) -> None:
+    fresh, stale = _cached_copy(client, app), _cached_copy(client, app)
+    with write_session(app.extensions["drimhub"].sessions) as session:
+        session.execute(update(Study).where(Study.study_uid == stale.study)
+                        .values(expires_at=datetime.now(timezone.utc) - timedelta(minutes=1)))
+    auth = _bearer(mint(f"{READER} drimhub/cross-org.s", org="region"))
+    found = anon.get("/federated/dicom-web/studies", headers=auth)
+    assert found.status_code == 200
+    assert [m["0020000D"]["Value"][0] for m in found.json] == [fresh.study]

@@ -74,9 +74,11 @@ def widen(access: Access, peers: Iterable[PeerInfo], now: datetime | None = None
     A share link's capability (``only``) is never widened: it stands for one study of this node.
     ``relay`` peers have no copies.
     """
-    if access.orgs is None or access.only is not None:
+    if access.only is not None:
         return access
     moment = now or datetime.now(timezone.utc)
+    if access.orgs is None:  # every organisation's studies: the unexpired copies too
+        return dataclasses.replace(access, cached=True, copies_after=moment)
     return dataclasses.replace(access, orgs=access.orgs | {cache_org(p.name) for p in peers if cachable(p)},
                                copies_after=moment)
 

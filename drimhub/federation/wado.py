@@ -46,6 +46,7 @@ from drimhub.dicomweb.multipart import new_boundary, write_parts
 from drimhub.errors import InvalidRequest, NotAcceptable, NotFound, PeerUnavailable
 from drimhub.federation import cache as fcache
 from drimhub.federation import fanout
+from drimhub.federation import qido as fqido
 from drimhub.federation.cache import Cache, Lease
 from drimhub.federation.fanout import Outbound, PeerFailure
 from drimhub.federation.peers import PeerInfo
@@ -73,11 +74,6 @@ class Holder:
     issuer: str | None
 
 
-def _first(match: dict[str, Any], tag: str) -> str | None:
-    values = (match.get(tag) or {}).get("Value") or []
-    return str(values[0]) if values and isinstance(values[0], str) else None
-
-
 def locate(peers: Sequence[PeerInfo], out: Outbound, study: str,
            access: Access) -> tuple[Holder | None, list[PeerFailure]]:
     """The first peer (by name) holding ``study`` for this caller, and the peers that failed.
@@ -85,11 +81,7 @@ def locate(peers: Sequence[PeerInfo], out: Outbound, study: str,
     A ``patient/`` restriction is sent as PatientID (and IssuerOfPatientID) filters, and a match
     of another patient is not taken.
     """
-    filters = {"StudyInstanceUID": study}
-    if access.patient is not None:
-        filters["PatientID"] = access.patient.id
-        if access.patient.issuer:
-            filters["IssuerOfPatientID"] = access.patient.issuer
+    filters = {"StudyInstanceUID": study, **fqido.patient_filters(access)}
 
     def ask(peer: PeerInfo) -> list[dict[str, Any]]:
         found = out.dicomweb(peer).search_for_studies(search_filters=filters, limit=1)
@@ -98,13 +90,9 @@ def locate(peers: Sequence[PeerInfo], out: Outbound, study: str,
     gathered = fanout.ask(peers, out, ask)
     for peer, matches in gathered.answers:
         for match in matches:
-            patient, issuer = _first(match, "00100020"), _first(match, "00100021")
-            if _first(match, "0020000D") != study:
+            if fqido.value(match, "0020000D") != study or not fqido.of_patient(match, access):
                 continue
-            if access.patient is not None and not access.patient.matches(patient, issuer if access.patient.issuer
-                                                                         else None):
-                continue
-            return Holder(peer, patient, issuer), gathered.failures
+            return Holder(peer, fqido.value(match, "00100020"), fqido.value(match, "00100021")), gathered.failures
     return None, gathered.failures
 
 
@@ -166,7 +154,7 @@ def expected_count(out: Outbound, peer: PeerInfo, scope: local_wado.Scope) -> in
         client._session.close()  # dicomweb-client keeps the guarded session it was given there
     for match in found if isinstance(found, list) else []:
         values = (match.get(count) or {}).get("Value") or [] if isinstance(match, dict) else []
-        if _first(match, key) == uid and values and isinstance(values[0], int):
+        if fqido.value(match, key) == uid and values and isinstance(values[0], int):
             return int(values[0])
     return None
 
