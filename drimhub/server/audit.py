@@ -53,7 +53,10 @@ DATA_PREFIXES: tuple[tuple[str, str], ...] = (
     ("/federated/dicom-web", "dicomweb"), ("/dicom-web", "dicomweb"), ("/wado", "dicomweb"),
     ("/IHEInvokeImageDisplay", "dicomweb"), ("/fhir", "fhir"),
     ("/api/studies", "dicomweb"),  # KOS manifests (drimhub.sharing.manifest_routes): they name the patient
+    ("/api/shares", "sharing"), ("/api/jobs", "sharing"),  # grants and pushes disclose a patient's study
 )
+#: Data URLs that are not a prefix: a push of a study to a peer (drimhub.jobs.routes), its domain.
+DATA_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = ((re.compile(r"^/api/peers/[^/]+/push$"), "sharing"),)
 #: Paths under a data prefix that carry no health data (conformance and discovery).
 NON_DATA_PATHS: tuple[str, ...] = ("/fhir/metadata", "/fhir/.well-known")
 _DEFAULT_INTERACTIONS = {"GET": "read", "HEAD": "read", "POST": "create", "PUT": "update", "PATCH": "patch",
@@ -88,14 +91,19 @@ def classify(method: str, path: str) -> tuple[str, str] | None:
     -------
     tuple of str, or None
         For example ``("dicomweb", "search-type")`` for a QIDO-RS search, ``("audit", "read")``
-        for ``GET /fhir/AuditEvent/{id}``.
+        for ``GET /fhir/AuditEvent/{id}``, ``("sharing", "create")`` for a share grant or a push.
     """
     method = "GET" if method.upper() == "HEAD" else method.upper()
     if method == "OPTIONS" or any(_under(path, p) for p in NON_DATA_PATHS):
         return None
+    for pattern, domain in DATA_PATTERNS:
+        if pattern.match(path):
+            return domain, _DEFAULT_INTERACTIONS.get(method, "operation")
     for prefix, domain in DATA_PREFIXES:
         if _under(path, prefix):
             segments = [s for s in path[len(prefix):].split("/") if s]
+            if domain == "sharing":  # POST grants or pushes (create), GET reads, DELETE revokes
+                return domain, _DEFAULT_INTERACTIONS.get(method, "operation")
             if domain == "dicomweb":
                 return domain, _dicomweb_interaction(method, segments)
             if segments and segments[0] == "AuditEvent":

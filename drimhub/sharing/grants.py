@@ -38,6 +38,7 @@ from drimhub.sharing import consent
 from drimhub.store.engine import with_retries
 from drimhub.store.models import Study, utc
 from drimhub.store.network import Share
+from drimhub.store.security import RevokedToken
 
 #: The permission sets a grant may give, as the API lists them and as ``share.permissions`` keeps them.
 PERMISSIONS = {("read",): "read", ("read", "download"): "read download"}
@@ -182,14 +183,25 @@ def get_grant(session: Session, org: str, share_id: str) -> Share:
     return share
 
 
-def revoke(sessions: sessionmaker[Session], org: str, share_id: str) -> None:
-    """Revoke the grant ``share_id`` of ``org`` at once (again: no change); NotFound when none."""
-    def work(session: Session) -> None:
+def revoke(sessions: sessionmaker[Session], org: str, share_id: str) -> Share:
+    """Revoke the grant ``share_id`` of ``org`` at once (again: no change); NotFound when none.
+
+    A link's capability is also added to the revoked tokens (``oauth_revoked_token``, by its
+    ``jti``, until the grant's expiry): every check of a token of this node refuses it, not only
+    the grant's. Returns the grant (detached).
+    """
+    def work(session: Session) -> Share:
         share = get_grant(session, org, share_id)
         if share.revoked_at is None:
             share.revoked_at = datetime.now(timezone.utc)
+            if share.token_jti is not None and not session.scalar(
+                    select(RevokedToken.pk).where(RevokedToken.jti == share.token_jti)):
+                session.add(RevokedToken(jti=share.token_jti, expires_at=utc(share.expires_at)))
+        session.flush()
+        session.expunge(share)
+        return share
 
-    with_retries(sessions, work, "share revocation")
+    return with_retries(sessions, work, "share revocation")
 
 
 def grant_json(share: Share, token: str | None = None) -> dict[str, Any]:

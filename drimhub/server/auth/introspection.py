@@ -21,10 +21,12 @@ from joserfc.jwk import RSAKey
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 
+from drimhub.errors import Unauthorized
 from drimhub.server.auth.clients import AUTH_METHODS, PUBLIC, digest
 from drimhub.server.auth.keys import ALGORITHM
 from drimhub.server.auth.protect import is_revoked
 from drimhub.server.db import get_session, resources
+from drimhub.sharing.grants import capability_grant
 from drimhub.store.engine import write_session
 from drimhub.store.security import RefreshToken, RevokedToken, User
 
@@ -54,9 +56,20 @@ class AccessRecord:
         return jti is not None and is_revoked(get_session(), str(jti))
 
     def introspection(self) -> dict[str, Any]:
-        """RFC 7662 §2.2 members, plus ``org`` and SMART's launch context ``patient``."""
-        names = ("scope", "client_id", "sub", "org", "exp", "iat", "iss", "aud", "jti", "patient")
+        """RFC 7662 §2.2 members, plus ``org`` and SMART's launch context ``patient``.
+
+        A share link's capability (claim ``share``) is active only while its grant is
+        (:func:`drimhub.sharing.grants.capability_grant`: not revoked, not expired), and the answer
+        carries ``share`` and ``study``: its scope alone would read as the whole organisation's.
+        """
+        names = ("scope", "client_id", "sub", "org", "exp", "iat", "iss", "aud", "jti", "patient", "share")
         answer = {name: self.claims[name] for name in names if name in self.claims}
+        if "share" in self.claims:
+            try:
+                grant = capability_grant(get_session(), str(self.claims["share"]), str(self.claims.get("jti")))
+            except Unauthorized:
+                return {"active": False}
+            answer["study"] = grant.study_uid
         return {"active": True, "token_type": "Bearer", **answer}
 
     def revoke(self) -> None:
