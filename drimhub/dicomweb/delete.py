@@ -11,6 +11,7 @@ encapsulated PDF instances are deleted in the same transaction (:func:`drimhub.f
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def delete(sessions: sessionmaker[Session], blobs: FileBlobStore, access: Access, study: str,
-           series: str | None = None, sop: str | None = None) -> int:
+           series: str | None = None, sop: str | None = None,
+           before: Callable[[Session], None] | None = None) -> int:
     """Delete every instance in scope; return how many were deleted.
 
     Parameters
@@ -38,6 +40,9 @@ def delete(sessions: sessionmaker[Session], blobs: FileBlobStore, access: Access
         The caller's access: instances of studies it may not see are never deleted.
     study, series, sop : str
         The scope: a study, one of its series, or one instance of that series.
+    before : callable, optional
+        Called with the write session before the rows go, in their transaction (an audit event,
+        rows that go with the study): nothing it writes stays when nothing is deleted.
 
     Raises
     ------
@@ -46,12 +51,14 @@ def delete(sessions: sessionmaker[Session], blobs: FileBlobStore, access: Access
         organisation).
     """
     with write_session(sessions) as session:
+        if before is not None:
+            before(session)
         deleted = retrieve.delete_instances(session, access, study, series, sop)
         derive.instances_deleted(session, deleted)
+        if not deleted:  # raised inside: what ``before`` wrote is rolled back
+            raise NotFound(f"nothing to delete at study {study}" + (f" series {series}" if series else "")
+                           + (f" instance {sop}" if sop else ""))
     keys = [instance.blob_key for instance in deleted]
-    if not keys:
-        raise NotFound(f"nothing to delete at study {study}" + (f" series {series}" if series else "")
-                       + (f" instance {sop}" if sop else ""))
     for key in keys:
         try:
             blobs.delete(key)

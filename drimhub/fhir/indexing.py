@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from drimhub.dicomweb.normalize import fold_text
@@ -56,8 +57,22 @@ def index_values(resource: dict[str, Any]) -> list[IndexValue]:
     for param in rtype.params:
         for path, target in _parse(param):
             for value in _walk(resource, path):
-                rows.extend(_EXTRACTORS[param.type](param, value, target))
+                found = _EXTRACTORS[param.type](param, value, target)
+                rows.extend(_with_bare_uids(found) if (rtype.name, param.name) in BARE_UID_PARAMS else found)
     return list(dict.fromkeys(rows))  # the same value twice is one row
+
+
+#: (type, parameter) whose ``urn:oid:<uid>`` values are found by the bare UID too: MADO's
+#: ``study-instance-uid`` (its identifier is written ``urn:oid:<uid>`` as ImagingStudy's; DICOM
+#: consumers search with the bare UID, as QIDO-RS has it).
+BARE_UID_PARAMS = frozenset({("DocumentReference", "study-instance-uid")})
+
+
+def _with_bare_uids(rows: list[IndexValue]) -> list[IndexValue]:
+    """``rows`` and, for each ``urn:oid:`` value, the same row with the bare UID."""
+    bare = [replace(row, value=row.value[len("urn:oid:"):]) for row in rows
+            if row.value and row.value.startswith("urn:oid:")]
+    return rows + bare
 
 
 def _parse(param: SearchParam) -> list[tuple[list[str], str | None]]:

@@ -249,7 +249,8 @@ DOCUMENT_REFERENCE = ResourceType(
         SearchParam("study-instance-uid", "token",
                     "DocumentReference.context.related.identifier.where(type.coding.where("
                     "system = 'http://dicom.nema.org/resources/ontology/DCM' and code = '110180').exists())",
-                    f"Study Instance UID of the manifest's study ({_MADO_SP})", custom=True),
+                    f"Study Instance UID of the manifest's study, urn:oid:<uid> or the bare UID ({_MADO_SP})",
+                    custom=True),
         SearchParam("accession-number", "token",
                     "DocumentReference.context.related.identifier.where(type.coding.where("
                     "system = 'http://dicom.nema.org/resources/ontology/DCM' and code = '121022').exists())",
@@ -258,6 +259,10 @@ DOCUMENT_REFERENCE = ResourceType(
                     "DocumentReference.extension('https://profiles.ihe.net/RAD/MADO/StructureDefinition/"
                     "ext-R5-DocumentReference.modality').value",
                     f"A modality of the manifest's study ({_MADO_SP})", custom=True),
+        SearchParam("bodysite", "token",
+                    "DocumentReference.extension('https://profiles.ihe.net/RAD/MADO/StructureDefinition/"
+                    "ext-R5-DocumentReference.bodySite').value",
+                    f"A body part examined in the manifest's study, SNOMED CT ({_MADO_SP})", custom=True),
     ),
     includes=("DocumentReference:patient", "DocumentReference:subject"),
     sorts=("_id", "_lastUpdated", "date"),

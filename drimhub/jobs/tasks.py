@@ -10,12 +10,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from flask import Flask
 from huey import Huey, crontab
 from huey.api import TaskWrapper
 
-from drimhub.errors import DrimhubError, Forbidden, NotFound
+from drimhub.errors import DrimhubError, Forbidden, InvalidRequest, NotFound
 from drimhub.jobs import push, state
 from drimhub.jobs.push import PushError
 from drimhub.server.db import Resources
@@ -39,18 +38,23 @@ class Tasks:
 
 
 def register(huey: Huey, app: Flask) -> Tasks:
-    """Register the tasks of ``app`` on ``huey`` (their names are fixed: producers and workers agree)."""
+    """Register the tasks of ``app`` on ``huey`` (their names are fixed: producers and workers agree).
+
+    The periodic tasks hold a huey lock (in the queue's store: SQLite or Redis), so that with
+    several workers one recovery and one purge run at a time; a worker that finds the lock
+    taken skips that run.
+    """
 
     def run_job_task(job_id: str) -> None:
         with app.app_context():
             run_job(app, job_id)
 
     def recover_task() -> None:
-        with app.app_context():
+        with huey.lock_task("drimhub.recover"), app.app_context():
             recover(app, state.OVERDUE_SECONDS)
 
     def purge_task() -> None:
-        with app.app_context():
+        with huey.lock_task("drimhub.purge"), app.app_context():
             purge(app)
 
     return Tasks(
@@ -66,60 +70,82 @@ def _resources(app: Flask) -> Resources:
 
 
 def run_job(app: Flask, job_id: str) -> str | None:
-    """Run one attempt of job ``job_id`` if it is due; returns its state after, None if not run.
+    """Run one attempt of job ``job_id`` if it is due; returns its state after, None if not run
+    (not due, or this worker lost its lease meanwhile: another worker runs the job).
 
     A failed attempt is scheduled again after the back-off of :class:`state.RetryPolicy`, or
-    the job fails (a permanent error, the last attempt).
+    the job fails (a permanent error, the last attempt). Each attempt's outcome of a push is
+    audited (:func:`drimhub.jobs.export.audit_attempt`).
     """
     res = _resources(app)
     job = state.claim(res.sessions, job_id)
-    if job is None:
+    if job is None or job.lease_id is None:
         return None
+    lease = job.lease_id
     policy = state.RetryPolicy.from_config(app.config)
+    outcome, error = state.SUCCEEDED, None
     try:
-        if job.kind != state.PUSH:
-            raise PushError(f"unknown kind of job {job.kind!r}", permanent=True)
-        run_push(app, job)
-    except PushError as exc:
-        delay = state.fail(res.sessions, job_id, str(exc), policy, exc.permanent)
-    except (NotFound, Forbidden) as exc:  # the peer was removed, the patient opposed sharing
-        delay = state.fail(res.sessions, job_id, exc.message, policy, permanent=True)
-    except DrimhubError as exc:  # the peer is unavailable (its token endpoint...)
-        delay = state.fail(res.sessions, job_id, exc.message, policy)
-    except Exception as exc:
-        log.warning("job %s: attempt %d failed", job_id, job.attempts, exc_info=True)
-        delay = state.fail(res.sessions, job_id, f"{type(exc).__name__}: {exc}", policy)
-    else:
-        state.succeed(res.sessions, job_id)
+        try:
+            if job.kind != state.PUSH:
+                raise PushError(f"unknown kind of job {job.kind!r}", permanent=True)
+            run_push(app, job, lease)
+        except PushError as exc:
+            error, delay = str(exc), state.fail(res.sessions, job_id, lease, str(exc), policy, exc.permanent)
+        except (NotFound, Forbidden, InvalidRequest) as exc:  # the peer removed or relay, sharing opposed
+            error, delay = exc.message, state.fail(res.sessions, job_id, lease, exc.message, policy, permanent=True)
+        except DrimhubError as exc:  # the peer is unavailable (its token endpoint...)
+            error, delay = exc.message, state.fail(res.sessions, job_id, lease, exc.message, policy)
+        except state.LeaseLost:
+            raise
+        except Exception as exc:
+            log.warning("job %s: attempt %d failed", job_id, job.attempts, exc_info=True)
+            error = f"{type(exc).__name__}: {exc}"
+            delay = state.fail(res.sessions, job_id, lease, error, policy)
+        else:
+            state.succeed(res.sessions, job_id, lease)
+            delay = None
+    except state.LeaseLost:
+        log.warning("job %s: attempt %d stopped, its lease was taken over by another worker", job_id, job.attempts)
+        return None
+    if error is not None:
+        outcome = state.FAILED if delay is None else state.RETRYING
+    _audit(app, job, outcome, error)
+    if outcome == state.SUCCEEDED:
         log.info("job %s: %s of study %s to %s succeeded", job_id, job.kind, job.study_uid, job.peer)
-        return state.SUCCEEDED
-    if delay is None:
+    elif outcome == state.FAILED:
         log.warning("job %s failed after %d attempt(s)", job_id, job.attempts)
-        return state.FAILED
-    from drimhub.jobs.queue import enqueue
+    else:
+        from drimhub.jobs.queue import enqueue
 
-    enqueue(job_id, delay=delay, app=app)
-    log.info("job %s: attempt %d failed, next in %.1f s", job_id, job.attempts, delay)
-    return state.RETRYING
+        enqueue(job_id, delay=delay, app=app)
+        log.info("job %s: attempt %d failed, next in %.1f s", job_id, job.attempts, delay)
+    return outcome
 
 
-def _cursor(result: bytes | None) -> int:
-    """The last instance row a previous attempt had sent (0: none)."""
+def _audit(app: Flask, job: Job, outcome: str, error: str | None) -> None:
+    """The audit event of a push attempt (never fails the job: a failure is logged)."""
+    if job.kind != state.PUSH:
+        return
     try:
-        return int(orjson.loads(result).get("after_pk", 0)) if result else 0
-    except (ValueError, AttributeError, TypeError):
-        return 0
+        from drimhub.jobs.export import audit_attempt
+
+        audit_attempt(_resources(app).sessions, job, outcome, error, node=str(app.config.get("BASE_URL") or ""))
+    except Exception:
+        log.exception("job %s: the audit event of the attempt was not recorded", job.id)
 
 
-def run_push(app: Flask, job: Job) -> None:
-    """Send the job's study to its peer, resuming after what an earlier attempt had sent.
+def run_push(app: Flask, job: Job, lease: str) -> None:
+    """Send the peer what it lacks of the job's study, until it holds every instance stored here.
 
     Raises
     ------
-    PushError, NotFound, Forbidden
-        The study is gone, the peer unknown, the patient opposed sharing, the peer failed.
+    PushError, NotFound, Forbidden, InvalidRequest
+        The study is gone, the peer unknown or a relay peer, the patient opposed sharing, the peer failed.
+    LeaseLost
+        Another worker took the job over.
     """
-    from drimhub.federation import outbound, peers
+    from drimhub.federation import outbound, smart
+    from drimhub.jobs.rules import pushable_peer
     from drimhub.sharing import consent
 
     res = _resources(app)
@@ -128,20 +154,21 @@ def run_push(app: Flask, job: Job) -> None:
         if locate_study(session, job.study_uid, Access.of_org(job.org)) is None:
             raise PushError(f"study {job.study_uid} is no longer stored here", permanent=True)
         consent.check_shareable(session, job.study_uid)
-        peer = peers.get_peer(session, job.peer)
-        total = push.count_instances(session, job.study_uid)
-    after_pk = _cursor(job.result)
-    done = job.done if after_pk else 0
-    state.progress(res.sessions, job.id, done=done, total=total, result=job.result if after_pk else None)
-    client = outbound.dicomweb_client(peer, res.signing_key, timeout=PUSH_TIMEOUT)
+        peer = pushable_peer(session, job.peer)
+    qido = outbound.dicomweb_client(peer, res.signing_key, timeout=PUSH_TIMEOUT, max_body=push.MAX_ANSWER)
+    http = outbound.peer_session(peer, res.signing_key, timeout=PUSH_TIMEOUT, max_body=push.MAX_ANSWER)
+    link = push.PeerLink(qido, http, f"{peer.dicomweb_url.rstrip('/')}/studies/{job.study_uid}",
+                         lambda: smart.drop_token(peer))
+    heartbeat = push.throttled(lambda: state.renew(res.sessions, job.id, lease), state.LEASE_SECONDS / 10)
 
-    def on_batch(last_pk: int, sent: int) -> None:
-        nonlocal done, total
-        done += sent
-        total = max(total, done)  # instances stored in the study meanwhile
-        state.progress(res.sessions, job.id, done=done, total=total, result=orjson.dumps({"after_pk": last_pk}))
+    def report(done: int, total: int) -> None:
+        state.progress(res.sessions, job.id, lease, done=done, total=total)
 
-    push.send(res.sessions, res.blobs, client, job.study_uid, after_pk, on_batch)
+    try:
+        push.push_study(res.sessions, res.blobs, link, job.study_uid, report, heartbeat)
+    finally:
+        http.close()
+        qido._session.close()
 
 
 def recover(app: Flask, overdue: float = 0.0) -> list[str]:
@@ -157,12 +184,10 @@ def recover(app: Flask, overdue: float = 0.0) -> list[str]:
 
 
 def purge(app: Flask) -> Any:
-    """The scheduled retention purge (``drimhub.sharing.retention``, rules ``DRIMHUB_RETENTION``)."""
+    """The scheduled retention purge: the same as ``drimhub purge`` (:func:`drimhub.sharing.retention.run`),
+    with or without ``DRIMHUB_RETENTION`` (expired cached copies always go)."""
     from drimhub.sharing import retention
 
-    rules = str(app.config.get("RETENTION") or "")
-    if not rules.strip():
-        return []
-    purged = retention.purge(_resources(app), rules)
+    purged = retention.run(_resources(app), app.config).purged
     log.info("retention purge removed %d stud(ies)", len(purged))
     return purged

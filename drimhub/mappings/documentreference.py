@@ -11,12 +11,23 @@ R4 DocumentReference
     (MHD: an OID as ``urn:oid:`` in system ``urn:ietf:rfc:3986``), repeated in ``identifier``
     (MADO invariant mado-docref-1); ``content.attachment`` the KOS (``application/dicom``, its
     URL, size, SHA-1 base64 hash) with ``format`` the KOS SOP Class (DCMUID system).
-IHE RAD MADO (MadoDicomKosDocumentReference)
-    ``context.related``: the Study Instance UID as an Identifier typed DCM 110180 in system
-    ``urn:dicom:uid`` (here also a literal reference to the ImagingStudy), and the Accession
-    Number typed v2-0203 ACSN + DCM 121022 with its issuer as system; modalities in the
-    extension ``ext-R5-DocumentReference.modality`` (searched by MADO's ``modality``) and, as
-    R4 has it, in ``context.event``; ``context.period.start`` the study's start.
+IHE RAD MADO (MadoDicomKosDocumentReference, trial use)
+    ``context.related``: the Study Instance UID as the ImagingStudy has it (type DCM 110180,
+    system ``urn:dicom:uid``, value ``urn:oid:<uid>``, :func:`~drimhub.mappings.imagingstudy.study_uid_identifier`;
+    the ``study-instance-uid`` search also takes the bare UID) with a literal reference to the
+    ImagingStudy, and the Accession Number typed v2-0203 ACSN + DCM 121022 with its issuer as
+    system; ``category`` Medical-Imaging (the code the MADO examples use, from the EEHRxF
+    document priority categories); modalities in the extension ``ext-R5-DocumentReference.modality``
+    (searched by ``modality``) and, as R4 has it, in ``context.event``; the Body Part Examined of
+    each series (SNOMED CT by PS3.16 Annex L, :func:`~drimhub.mappings.imagingstudy.body_site`) in
+    ``ext-R5-DocumentReference.bodySite`` (searched by ``bodysite``); ``context.period.start`` the
+    study's StudyDate/StudyTime.
+
+Left out because this node cannot know them: ``context.facilityType`` and
+``context.practiceSetting`` (XDS affinity-domain codes of the producing facility and clinical
+specialty: nothing in the stored DICOM says them, and a guess would mislead a consumer that
+filters on them), ``attachment.language`` (a KOS has no language), ``author`` (no sending
+organisation is known as a resource).
 """
 
 from __future__ import annotations
@@ -27,32 +38,38 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
-from drimhub.mappings.dicom import DCM, LOINC, attr_datetime, display_name, text
-from drimhub.mappings.identifiers import DICOM_UID_SYSTEM, patient_id_system, uid_urn
-from drimhub.mappings.imagingstudy import accession_identifier
+from drimhub.mappings.dicom import DCM, LOINC, attr_datetime, text
+from drimhub.mappings.identifiers import uid_urn
+from drimhub.mappings.imagingstudy import accession_identifier, patient_subject, study_uid_identifier
 from drimhub.mappings.kos import KOS_SOP_CLASS
 
 #: MADO's R4 carrier of R5 DocumentReference.modality.
 MODALITY_EXTENSION = "https://profiles.ihe.net/RAD/MADO/StructureDefinition/ext-R5-DocumentReference.modality"
+#: MADO's R4 carrier of R5 DocumentReference.bodySite (its ``concept``).
+BODY_SITE_EXTENSION = "https://profiles.ihe.net/RAD/MADO/StructureDefinition/ext-R5-DocumentReference.bodySite"
+#: DocumentReference.category of an imaging manifest (the MADO examples' code).
+MEDICAL_IMAGING = {"system": "http://hl7.eu/fhir/eu-health-data-api/CodeSystem/eehrxf-document-priority-category-cs",
+                   "code": "Medical-Imaging", "display": "Medical imaging"}
 #: Identifier.system of an OID written as a URI (MHD uniqueId of a DICOM document).
 URI_SYSTEM = "urn:ietf:rfc:3986"
 DCMUID = "http://dicom.nema.org/resources/ontology/DCMUID"
 IMAGING_STUDY_TYPE = {"system": LOINC, "code": "18748-4", "display": "Diagnostic imaging study"}
-STUDY_UID_TYPE = {"system": DCM, "code": "110180", "display": "Study Instance UID"}
 
 
 @dataclass(frozen=True)
 class PublishedManifest:
     """What the DocumentReference of one manifest says.
 
-    ``attrs`` are the study's stored attributes; ``url`` is where the KOS is served; ``created``
-    a FHIR instant.
+    ``attrs`` are the study's stored attributes; ``body_sites`` the Body Part Examined codings of
+    its series (:func:`~drimhub.mappings.imagingstudy.body_site`); ``url`` is where this KOS is
+    served (its own URL); ``sha1`` the base64 SHA-1 of its bytes; ``created`` a FHIR instant.
     """
 
     sop_uid: str
     study_uid: str
     attrs: Dataset
     modalities: Sequence[str]
+    body_sites: Sequence[dict[str, str]]
     patient_ref: str | None
     url: str
     size: int
@@ -60,23 +77,10 @@ class PublishedManifest:
     created: str
 
 
-def _subject(attrs: Dataset, patient_ref: str | None) -> dict[str, Any]:
-    """``Patient/<id>``; without a Patient resource, a logical reference by Patient ID and issuer."""
-    if patient_ref:
-        return {"reference": f"Patient/{patient_ref}"}
-    out: dict[str, Any] = {"type": "Patient"}
-    patient_id = text(attrs, "PatientID")
-    if patient_id is not None:
-        system = patient_id_system(text(attrs, "IssuerOfPatientID"))
-        out["identifier"] = {**({"system": system} if system else {}), "value": patient_id}
-    out["display"] = display_name(attrs.get("PatientName")) or patient_id or "unknown patient"
-    return out
-
-
 def study_related(study_uid: str) -> dict[str, Any]:
     """context.related of the study: MADO's Study Instance UID identifier and the ImagingStudy."""
     return {"reference": f"ImagingStudy/{study_uid}", "type": "ImagingStudy",
-            "identifier": {"type": {"coding": [STUDY_UID_TYPE]}, "system": DICOM_UID_SYSTEM, "value": study_uid}}
+            "identifier": study_uid_identifier(study_uid)}
 
 
 def document_reference(m: PublishedManifest) -> dict[str, Any]:
@@ -99,7 +103,8 @@ def document_reference(m: PublishedManifest) -> dict[str, Any]:
         "identifier": [{"use": "official", **master}],
         "status": "current",
         "type": {"coding": [IMAGING_STUDY_TYPE]},
-        "subject": _subject(m.attrs, m.patient_ref),
+        "category": [{"coding": [MEDICAL_IMAGING]}],
+        "subject": patient_subject(m.attrs, m.patient_ref),
         "date": m.created,
         "content": [{
             "attachment": {"contentType": "application/dicom", "url": m.url, "size": m.size, "hash": m.sha1,
@@ -108,8 +113,13 @@ def document_reference(m: PublishedManifest) -> dict[str, Any]:
         }],
         "context": context,
     }
-    if modality_codes:
-        resource["extension"] = [{"url": MODALITY_EXTENSION, "valueCodeableConcept": c} for c in modality_codes]
+    extensions = [{"url": MODALITY_EXTENSION, "valueCodeableConcept": c} for c in modality_codes]
+    sites = {(c.get("system"), c.get("code"), c.get("display")): c for c in m.body_sites}
+    extensions += [{"url": BODY_SITE_EXTENSION,
+                    "valueCodeableConcept": {"coding": [c]} if "code" in c else {"text": c.get("display", "")}}
+                   for c in sites.values()]
+    if extensions:
+        resource["extension"] = extensions
     description = text(m.attrs, "StudyDescription")
     if description:
         resource["description"] = description

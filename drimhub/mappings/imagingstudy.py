@@ -128,10 +128,14 @@ def _referrer(ds: Dataset) -> dict[str, str] | None:
 
 
 def _subject(facts: StudyFacts) -> dict[str, Any]:
-    """``Patient/<patient_ref>``; for a study without one, a logical reference by Patient ID."""
-    if facts.patient_ref:
-        return {"reference": f"Patient/{facts.patient_ref}"}
-    ds = facts.attrs
+    return patient_subject(facts.attrs, facts.patient_ref)
+
+
+def patient_subject(ds: Dataset, patient_ref: str | None) -> dict[str, Any]:
+    """The subject of a study's resources (ImagingStudy, a manifest's DocumentReference):
+    ``Patient/<patient_ref>``; for a study without one, a logical reference by Patient ID and issuer."""
+    if patient_ref:
+        return {"reference": f"Patient/{patient_ref}"}
     out: dict[str, Any] = {"type": "Patient"}
     patient_id = text(ds, "PatientID")
     if patient_id is not None:

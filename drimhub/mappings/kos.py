@@ -15,10 +15,12 @@ A.35.4 Key Object Selection Document IOD
     Common (C.12.1). :data:`ATTRIBUTE_TYPES` lists the attributes emitted with their Type.
 C.17.6.2 Key Object Document
     Referenced Request Sequence (0040,A370), 1C: present when the study has an Accession Number
-    (the document pertains to that Requested Procedure), built from the Referenced Request
-    Macro (Table C.17-3c); Current Requested Procedure Evidence Sequence (0040,A375), 1: one
-    study item (Hierarchical SOP Instance Reference Macro, Table C.17-3) with one Referenced
-    Series Sequence item per series.
+    or a stored order (the document pertains to that Requested Procedure), built from the
+    Referenced Request Macro (Table C.17-3c) with the placer order number and its issuer as
+    stored (DRIM-M expects them); Current Requested Procedure Evidence Sequence (0040,A375), 1:
+    one study item (Hierarchical SOP Instance Reference Macro, Table C.17-3) with one Referenced
+    Series Sequence item per series, its Retrieve URL (0008,1190) and Retrieve Location UID
+    (0040,E011) (IHE XDS-I.b: the Imaging Document Source's OID, :func:`retrieve_location_uid`).
 PS3.16 TID 2010 "Key Object Selection"
     Root CONTAINER, concept name from CID 7010 (113030 DCM "Manifest"), Continuity of Content
     SEPARATE; one IMAGE (an instance with pixel data) or COMPOSITE (any other) item per
@@ -31,6 +33,8 @@ Patient ID Qualifiers Sequence (the French INS keeps its OID there), never rewri
 from __future__ import annotations
 
 import io
+import re
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -46,6 +50,7 @@ MANIFEST_TITLE = ("113030", "DCM", "Manifest")
 #: Template of the content tree (PS3.16 TID 2010 "Key Object Selection"), in the DCMR resource.
 TEMPLATE = ("DCMR", "2010")
 MANUFACTURER = "drimhub"
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 #: (module, keyword, Type) of every top-level attribute this builder writes (PS3.3 A.35.4 and
 #: the module tables named in the module docstring). Type 1: present with a value; Type 2:
@@ -123,11 +128,37 @@ class ManifestSeries:
 
 @dataclass(frozen=True)
 class ManifestStudy:
-    """The study: its stored study-level attributes (Patient, General Study modules) and series."""
+    """The study: its stored study-level attributes (Patient, General Study modules), its series,
+    and the items of its series' Request Attributes Sequence (0040,0275) (the order, as stored)."""
 
     study_uid: str
     attrs: Dataset
     series: Sequence[ManifestSeries]
+    requests: Sequence[Dataset] = ()
+
+
+def retrieve_location_uid(configured: str | None, base_url: str) -> str:
+    """The node's Retrieve Location UID (0040,E011): the Imaging Document Source's OID of IHE XDS-I.b.
+
+    ``configured`` (``DRIMHUB_NODE_UID``) when set; else a UUID-derived UID (PS3.5 B.2:
+    ``2.25.`` and the UUID as a decimal integer) of a name-based UUID (RFC 9562 version 5, URL
+    namespace) of the node's public base URL: stable for as long as the base URL is.
+
+    Raises
+    ------
+    ValueError
+        ``configured`` is not a UID (digits and dots, at most 64 characters, PS3.5 9.1).
+    """
+    if configured:
+        if not is_uid(configured):
+            raise ValueError(f"DRIMHUB_NODE_UID {configured!r} is not a DICOM UID")
+        return configured
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, base_url.rstrip('/')).int}"
+
+
+def is_uid(value: str) -> bool:
+    """True for a DICOM UID (PS3.5 9.1: components of digits, no leading zero, at most 64 characters)."""
+    return len(value) <= 64 and _UID.match(value) is not None
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -169,26 +200,53 @@ def _copy_study_attributes(ds: Dataset, study: ManifestStudy) -> None:
             setattr(ds, keyword, None)
 
 
+#: Request Attributes (PS3.3 Table 10-9) copied into the Referenced Request item when stored.
+_REQUEST_COPIED = ("PlacerOrderNumberImagingServiceRequest", "OrderPlacerIdentifierSequence",
+                   "FillerOrderNumberImagingServiceRequest", "OrderFillerIdentifierSequence",
+                   "RequestedProcedureID", "RequestedProcedureDescription", "RequestedProcedureCodeSequence")
+
+
+def _stored_request(study: ManifestStudy, accession: str | None) -> Dataset | None:
+    """The stored Request Attributes item of the study's order: the one of its Accession Number
+    (any, without one) that carries an order number or a requested procedure."""
+    for item in study.requests:
+        if accession and item.get("AccessionNumber") not in (None, "", accession):
+            continue
+        if any(item.get(k) not in (None, "") for k in _REQUEST_COPIED):
+            return item
+    return None
+
+
 def _request(study: ManifestStudy) -> Dataset | None:
-    """The Referenced Request item (Table C.17-3c) of the study's Accession Number, None without one."""
-    accession = study.attrs.get("AccessionNumber")
-    if not accession:
+    """The Referenced Request item (Table C.17-3c) of the study's order, None without one.
+
+    An order is known by the study's Accession Number or a stored Request Attributes item: then
+    the document pertains to a Requested Procedure (the 1C condition). The placer order number
+    with its issuer (Order Placer Identifier Sequence), the filler's and the requested procedure
+    are copied as stored; Type 2 ones not stored are empty.
+    """
+    accession = study.attrs.get("AccessionNumber") or None
+    stored = _stored_request(study, accession)
+    if not accession and stored is None:
         return None
     item = Dataset()
     item.StudyInstanceUID = study.study_uid
     item.ReferencedStudySequence = DicomSequence()
-    item.AccessionNumber = accession
+    item.AccessionNumber = accession or (stored.get("AccessionNumber") if stored is not None else None)
     issuer = study.attrs.get("IssuerOfAccessionNumberSequence")
     if issuer:
         item.IssuerOfAccessionNumberSequence = issuer
-    for keyword in ("PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest",
-                    "RequestedProcedureID", "RequestedProcedureDescription"):
-        setattr(item, keyword, None)
-    item.RequestedProcedureCodeSequence = DicomSequence()
+    for keyword in _REQUEST_COPIED:
+        if stored is not None and stored.get(keyword) not in (None, ""):
+            item[keyword] = stored[keyword]
+        elif keyword == "RequestedProcedureCodeSequence":
+            item.RequestedProcedureCodeSequence = DicomSequence()
+        elif not keyword.endswith("IdentifierSequence"):  # Type 3 issuers: absent when unknown
+            setattr(item, keyword, None)
     return item
 
 
-def _evidence(study: ManifestStudy, dicomweb_base: str) -> Dataset:
+def _evidence(study: ManifestStudy, dicomweb_base: str, location_uid: str | None) -> Dataset:
     """The one study item of the Current Requested Procedure Evidence Sequence (Table C.17-3)."""
     item = Dataset()
     item.StudyInstanceUID = study.study_uid
@@ -197,6 +255,8 @@ def _evidence(study: ManifestStudy, dicomweb_base: str) -> Dataset:
         entry = Dataset()
         entry.SeriesInstanceUID = series.uid
         entry.RetrieveURL = series_url(dicomweb_base, study.study_uid, series.uid)  # (0008,1190)
+        if location_uid:
+            entry.RetrieveLocationUID = location_uid  # (0040,E011): XDS-I.b's Imaging Document Source
         entry.ReferencedSOPSequence = DicomSequence([_sop_reference(i) for i in _ordered(series.instances)])
         series_items.append(entry)
     item.ReferencedSeriesSequence = DicomSequence(series_items)
@@ -217,7 +277,7 @@ def _content(study: ManifestStudy) -> DicomSequence:
 
 
 def manifest(study: ManifestStudy, *, dicomweb_base: str, sop_uid: str, series_uid: str, created: datetime,
-             software_version: str = "") -> Dataset:
+             software_version: str = "", location_uid: str | None = None) -> Dataset:
     """The KOS manifest of ``study``, with its file meta information (Explicit VR Little Endian).
 
     Parameters
@@ -230,6 +290,8 @@ def manifest(study: ManifestStudy, *, dicomweb_base: str, sop_uid: str, series_u
         New UIDs of the manifest and of its series (the caller generates them).
     created : datetime
         When the manifest is made (timezone-aware): Content and Instance Creation Date/Time, in UTC.
+    location_uid : str, optional
+        Retrieve Location UID (0040,E011) of every series (:func:`retrieve_location_uid`).
 
     Returns
     -------
@@ -269,7 +331,7 @@ def manifest(study: ManifestStudy, *, dicomweb_base: str, sop_uid: str, series_u
     request = _request(study)
     if request is not None:
         ds.ReferencedRequestSequence = DicomSequence([request])
-    ds.CurrentRequestedProcedureEvidenceSequence = DicomSequence([_evidence(study, dicomweb_base)])
+    ds.CurrentRequestedProcedureEvidenceSequence = DicomSequence([_evidence(study, dicomweb_base, location_uid)])
     # SR Document Content (C.17.3), TID 2010
     ds.ValueType = "CONTAINER"
     ds.ConceptNameCodeSequence = DicomSequence([_code(*MANIFEST_TITLE)])

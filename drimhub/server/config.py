@@ -59,6 +59,9 @@ DEFAULTS: dict[str, Any] = {
     # peers' studies, counted from their retrieval; 30 days without it), "org:ORG=90" (studies of organisation ORG,
     # counted from their final report). See drimhub.sharing.retention.
     "RETENTION": "",
+    # The node's OID (a DICOM UID): Retrieve Location UID of its KOS manifests (IHE XDS-I.b's
+    # Imaging Document Source). Unset: a 2.25 UID derived from the base URL (drimhub.mappings.kos).
+    "NODE_UID": None,
     # Longest lifetime of a share grant, in days.
     "SHARE_MAX_DAYS": 365,
     # Apply migrations when the app starts (the CLI's serve does it before forking workers).
@@ -93,3 +96,7 @@ def load(app: Flask, overrides: Mapping[str, Any] | None) -> None:
     from drimhub.sharing.retention import parse_rules
 
     parse_rules(str(app.config["RETENTION"] or ""))  # a bad policy stops the start (DrimhubError)
+    from drimhub.mappings.kos import is_uid
+
+    if app.config["NODE_UID"] and not is_uid(str(app.config["NODE_UID"])):
+        raise DrimhubError(f"DRIMHUB_NODE_UID must be a DICOM UID (digits and dots), not {app.config['NODE_UID']!r}")

@@ -16,16 +16,19 @@ def purge(dry_run: bool) -> None:
     app = create_app()
     res = app.extensions["drimhub"]
     try:
-        studies = retention.purge(res, str(app.config["RETENTION"]), dry_run=dry_run,
-                                  node=str(app.config["BASE_URL"] or "urn:drimhub:node"))
+        report = retention.run(res, app.config, dry_run=dry_run)
     except DrimhubError as exc:
         raise click.ClickException(exc.message) from exc
     finally:
         res.engine.dispose()
-    for uid in studies:
+    for uid in report.purged:
         click.echo(f"{'would purge' if dry_run else 'purged'} {uid}")
-    noun = "study" if len(studies) == 1 else "studies"
-    click.echo(f"{len(studies)} {noun} {'would be purged' if dry_run else 'purged'}")
+    noun = "study" if len(report.purged) == 1 else "studies"
+    click.echo(f"{len(report.purged)} {noun} {'would be purged' if dry_run else 'purged'}")
+    if report.failed:
+        for uid in report.failed:
+            click.echo(f"failed {uid} (see the log)", err=True)
+        raise click.ClickException(f"{len(report.failed)} of the expired studies could not be purged")
 
 
 COMMANDS: list[click.Command] = [purge]

@@ -3,9 +3,11 @@
 ``POST /api/studies/{uid}/manifest`` (scope :data:`~drimhub.server.auth.policy.SHARE_SCOPE`; the
 caller's organisation owns the study; the patient did not oppose sharing) publishes the KOS
 manifest of the study and its MADO DocumentReference: 201 ``{"sopInstanceUID", "study", "url",
-"documentReference"}`` with ``Location`` = ``url``. ``GET /api/studies/{uid}/manifest``
-(ImagingStudy ``r``, the study visible as on WADO-RS) serves the latest one as
-``application/dicom``; 404 when none was published.
+"documentReference"}`` with ``Location`` = ``url``, the manifest's own URL
+``/api/studies/{uid}/manifests/{sop}`` (its DocumentReference's attachment.url).
+``GET /api/studies/{uid}/manifests/{sop}`` serves that manifest, ``GET /api/studies/{uid}/manifest``
+the latest one, as ``application/dicom`` (ImagingStudy ``r``, the study visible as on WADO-RS);
+404 when no such manifest was published.
 
 ``KOS-SOPInstanceUID`` (DRIM-M: a consumer DRIMbox sends the UID of the KOS it found in the DMP
 with each WADO-RS request): a request under ``/dicom-web`` or ``/federated/dicom-web`` carrying
@@ -17,7 +19,7 @@ authentication hook, so that an anonymous caller still gets its 401 first.
 from __future__ import annotations
 
 import orjson
-from flask import Blueprint, Flask, Response, request
+from flask import Blueprint, Flask, Response, current_app, request
 
 from drimhub.errors import NotFound
 from drimhub.server import auditctx
@@ -41,7 +43,8 @@ def publish(study: str) -> Response:
     org = policy.current_principal().org
     base = base_url()
     res = resources()
-    published = with_retries(res.sessions, lambda s: manifests.publish(s, res.blobs, study, org, base),
+    node_uid = current_app.config.get("NODE_UID")
+    published = with_retries(res.sessions, lambda s: manifests.publish(s, res.blobs, study, org, base, node_uid),
                              f"manifest of {study}")
     _involve(study)
     body = {"sopInstanceUID": published.sop_uid, "study": published.study_uid, "url": published.url,
@@ -52,10 +55,20 @@ def publish(study: str) -> Response:
 
 @bp.get("/<uid:study>/manifest")
 def read(study: str) -> Response:
-    content = manifests.latest(get_session(), study, policy.current_access())
+    return _kos(study, None)
+
+
+@bp.get("/<uid:study>/manifests/<uid:sop>")
+def read_one(study: str, sop: str) -> Response:
+    return _kos(study, sop)
+
+
+def _kos(study: str, sop: str | None) -> Response:
+    content = manifests.content(get_session(), study, policy.current_access(), sop)
     _involve(study)
+    name = f"{study}-manifest.dcm" if sop is None else f"{sop}.dcm"
     return Response(content, mimetype="application/dicom",
-                    headers={"Content-Disposition": f'attachment; filename="{study}-manifest.dcm"'})
+                    headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 def _involve(study_uid: str) -> None:
@@ -81,4 +94,5 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
     policy.require("manifests.publish", Requirement(scope=policy.SHARE_SCOPE))
     policy.require("manifests.read", Requirement("ImagingStudy", "r"))
+    policy.require("manifests.read_one", Requirement("ImagingStudy", "r"))
     app.before_request(check_kos_header)

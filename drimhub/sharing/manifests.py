@@ -8,7 +8,8 @@ The DocumentReference's id is the KOS SOP Instance UID (a valid FHIR id: digits 
 most 64 characters). A manifest published again for a study supersedes the previous ones: their
 DocumentReferences become ``superseded`` and the new one ``replaces`` them.
 
-:func:`latest` serves the newest manifest of a study, :func:`is_published` answers the
+:func:`content` serves a manifest (by its SOP Instance UID, else the newest of the study; each
+DocumentReference points at its own), :func:`is_published` answers the
 ``KOS-SOPInstanceUID`` check, :func:`remove_study` deletes a study's manifests (retention).
 
 Rules: only the organisation that owns a study publishes its manifest (another organisation's
@@ -32,6 +33,7 @@ from drimhub.errors import NotFound
 from drimhub.fhir import resources
 from drimhub.mappings import documentreference, kos
 from drimhub.mappings.dicom import dataset, text
+from drimhub.mappings.imagingstudy import body_site
 from drimhub.sharing.consent import check_shareable
 from drimhub.store import fhir as fhir_rows
 from drimhub.store import studyrows
@@ -53,24 +55,32 @@ class Published:
     document_reference: str
 
 
-def manifest_url(base: str, study_uid: str) -> str:
-    """Where the latest manifest of a study is served (``GET /api/studies/{uid}/manifest``)."""
-    return f"{base.rstrip('/')}/api/studies/{study_uid}/manifest"
+def manifest_url(base: str, study_uid: str, sop_uid: str | None = None) -> str:
+    """Where a manifest is served: ``GET /api/studies/{uid}/manifests/{sop}``; without ``sop_uid``,
+    the latest one of the study (``GET /api/studies/{uid}/manifest``)."""
+    study = f"{base.rstrip('/')}/api/studies/{study_uid}"
+    return f"{study}/manifests/{sop_uid}" if sop_uid else f"{study}/manifest"
 
 
-def _facts(rows: studyrows.StudyRows) -> tuple[kos.ManifestStudy, list[str]]:
-    """The study's KOS facts, and the modality of each series."""
-    series, modalities = [], []
+def _facts(rows: studyrows.StudyRows) -> tuple[kos.ManifestStudy, list[str], list[dict[str, str]]]:
+    """The study's KOS facts, the modality of each series and the body site codings of the series."""
+    series, modalities, sites, requests = [], [], [], []
     for s in rows.series.values():
         attrs = dataset(orjson.loads(s.attrs))
         instances = [kos.ManifestInstance(i.sop_uid, i.sop_class_uid, i.dicom_json is None, i.instance_number)
                      for i in s.instances]
         series.append(kos.ManifestSeries(str(attrs.SeriesInstanceUID), instances))
         modalities.append(text(attrs, "Modality") or "")
-    return kos.ManifestStudy(rows.study_uid, dataset(orjson.loads(rows.attrs)), series), modalities
+        site = body_site(text(attrs, "BodyPartExamined"))
+        if site is not None:
+            sites.append(site)
+        requests += list(attrs.get("RequestAttributesSequence") or [])
+    study = kos.ManifestStudy(rows.study_uid, dataset(orjson.loads(rows.attrs)), series, requests)
+    return study, modalities, sites
 
 
-def publish(session: Session, blobs: FileBlobStore, study_uid: str, org: str, base: str) -> Published:
+def publish(session: Session, blobs: FileBlobStore, study_uid: str, org: str, base: str,
+            node_uid: str | None = None) -> Published:
     """Build, store and register the KOS manifest of ``study_uid`` (in the caller's write transaction).
 
     Parameters
@@ -85,6 +95,9 @@ def publish(session: Session, blobs: FileBlobStore, study_uid: str, org: str, ba
         The caller's organisation: it must own the study.
     base : str
         This node's public base URL (Retrieve URLs ``{base}/dicom-web/...``, the manifest's URL).
+    node_uid : str, optional
+        ``DRIMHUB_NODE_UID``, the Retrieve Location UID; without it one derived from ``base``
+        (:func:`drimhub.mappings.kos.retrieve_location_uid`).
 
     Raises
     ------
@@ -99,17 +112,19 @@ def publish(session: Session, blobs: FileBlobStore, study_uid: str, org: str, ba
         raise NotFound(f"study {study_uid} is not known")
     check_shareable(session, study_uid)
     rows = found[study_uid]
-    study, modalities = _facts(rows)
+    study, modalities, sites = _facts(rows)
     now = datetime.now(timezone.utc)
     sop_uid = generate_uid(prefix=None)  # 2.25 form (PS3.5 B.2)
     ds = kos.manifest(study, dicomweb_base=f"{base.rstrip('/')}/dicom-web", sop_uid=sop_uid,
-                      series_uid=generate_uid(prefix=None), created=now, software_version=_version())
+                      series_uid=generate_uid(prefix=None), created=now, software_version=_version(),
+                      location_uid=kos.retrieve_location_uid(node_uid, base))
     content = kos.encode(ds)
     previous = list(session.scalars(select(Manifest.sop_uid).where(Manifest.study_uid == study_uid)))
     session.add(Manifest(sop_uid=sop_uid, study_uid=study_uid, org=rows.org, content=content))
-    url = manifest_url(base, study_uid)
+    url = manifest_url(base, study_uid, sop_uid)  # its own URL: a superseded reference keeps its KOS
     resource = documentreference.document_reference(documentreference.PublishedManifest(
-        sop_uid=sop_uid, study_uid=study_uid, attrs=study.attrs, modalities=modalities, patient_ref=rows.patient_ref,
+        sop_uid=sop_uid, study_uid=study_uid, attrs=study.attrs, modalities=modalities, body_sites=sites,
+        patient_ref=rows.patient_ref,
         url=url, size=len(content), sha1=base64.b64encode(hashlib.sha1(content).digest()).decode(),
         created=resources.instant(now)))
     replaced = _supersede(session, blobs, previous, rows.org)
@@ -145,21 +160,22 @@ def _version() -> str:
         return ""
 
 
-def latest(session: Session, study_uid: str, access: Access) -> bytes:
-    """The newest manifest (KOS bytes) of a study ``access`` sees.
+def content(session: Session, study_uid: str, access: Access, sop_uid: str | None = None) -> bytes:
+    """The KOS bytes of manifest ``sop_uid`` of a study ``access`` sees; without ``sop_uid``, the newest.
 
     Raises
     ------
     NotFound
-        The study is not visible, or no manifest was published for it.
+        The study is not visible, or no such manifest was published for it.
     """
     visible = session.scalar(select(Study.study_uid).where(Study.study_uid == study_uid, *access.study_filter()))
-    content = session.scalar(select(Manifest.content).where(Manifest.study_uid == study_uid)
-                             .order_by(Manifest.pk.desc()).limit(1)) \
-        if visible is not None else None
-    if content is None:
-        raise NotFound(f"no manifest was published for study {study_uid}")
-    return content
+    query = select(Manifest.content).where(Manifest.study_uid == study_uid)
+    query = query.where(Manifest.sop_uid == sop_uid) if sop_uid else query.order_by(Manifest.pk.desc()).limit(1)
+    found = session.scalar(query) if visible is not None else None
+    if found is None:
+        raise NotFound(f"no manifest {sop_uid} was published for study {study_uid}" if sop_uid
+                       else f"no manifest was published for study {study_uid}")
+    return found
 
 
 def is_published(session: Session, sop_uid: str, study_uid: str) -> bool:
@@ -175,10 +191,12 @@ def patient_of(session: Session, study_uid: str) -> tuple[str | None, str | None
     return (row[0], row[1]) if row is not None else None
 
 
-def remove_study(session: Session, study_uid: str) -> int:
-    """Delete the manifests of a study and their DocumentReferences (FHIR deletes); how many manifests."""
-    sop_uids = list(session.scalars(select(Manifest.sop_uid).where(Manifest.study_uid == study_uid)))
+def remove_study(session: Session, study_uid: str) -> list[str]:
+    """Delete the manifests of a study and their DocumentReferences (FHIR deletes), in the caller's
+    transaction; the deleted manifests' SOP Instance UIDs (their DocumentReference ids)."""
+    sop_uids = list(session.scalars(select(Manifest.sop_uid).where(Manifest.study_uid == study_uid)
+                                    .order_by(Manifest.pk)))
     for sop_uid in sop_uids:
         resources.delete(session, DOCUMENT_REFERENCE, sop_uid, EVERYTHING)
     session.execute(delete(Manifest).where(Manifest.study_uid == study_uid))
-    return len(sop_uids)
+    return sop_uids

@@ -90,10 +90,16 @@ def append(sessions: sessionmaker[Session], events: Sequence[tuple[dict[str, Any
     """
     if not events:
         return
-    rows = [{**columns, "resource": resource} for columns, resource in events]
     with write_session(sessions) as session:
+        add(session, events)
+
+
+def add(session: Session, events: Sequence[tuple[dict[str, Any], bytes]]) -> None:
+    """Append events in the caller's write transaction (recorded only if it commits: an event
+    and the change it records go together)."""
+    if events:
         # a Core INSERT (executemany): no unit of work, no ORM objects, one statement per request
-        session.connection().execute(_INSERT, rows)
+        session.connection().execute(_INSERT, [{**columns, "resource": resource} for columns, resource in events])
 
 
 def _token_clause(column: Any, match: TokenMatch) -> ColumnElement[bool]:

@@ -25,7 +25,11 @@ from sqlalchemy.orm import Session
 from drimhub.store.fhirquery import IndexValue
 from drimhub.mappings.identifiers import patient_id_system
 from drimhub.store.access import Access
-from drimhub.store.models import FhirIndex, FhirResource, FhirVersion
+from drimhub.store.models import FhirIndex, FhirResource, FhirVersion, Study
+from drimhub.store.network import Manifest
+
+#: The stored type of the manifests' DocumentReferences (drimhub.sharing.manifests).
+MANIFEST_TYPE = "DocumentReference"
 
 #: Reference parameters that put a resource in a patient's compartment (R4 compartmentdefinition-patient:
 #: DiagnosticReport subject; ImagingStudy subject is answered by the study rows).
@@ -140,10 +144,22 @@ def _patients_of(access: Access) -> ColumnElement[bool]:
     return and_(*clauses)
 
 
+def _manifest_visibility(access: Access) -> ColumnElement[bool]:
+    """A manifest's DocumentReference (id: the KOS SOP Instance UID) is seen as its study is
+    (:meth:`Access.study_filter`: shares, a peer's access minus opposed patients, cached copies),
+    and always by its own organisation (its history outlives the study)."""
+    of_visible_study = FhirResource.id.in_(
+        select(Manifest.sop_uid).join(Study, Study.study_uid == Manifest.study_uid).where(*access.study_filter()))
+    if access.orgs is None:
+        return of_visible_study
+    return or_(FhirResource.org.in_(sorted(access.orgs)), of_visible_study)
+
+
 def visibility(access: Access, type_: str) -> list[ColumnElement[bool]]:
     """SQL conditions on :class:`FhirResource` of ``type_`` for what ``access`` sees.
 
-    Its organisations; with a patient restriction (``patient/`` scopes) only that patient's
+    Its organisations (a manifest's DocumentReference: also wherever its study is visible,
+    :func:`_manifest_visibility`); with a patient restriction (``patient/`` scopes) only that patient's
     compartment (FHIR R4 compartmentdefinition-patient): the Patient resources carrying its
     identifier (system from its issuer, :func:`~drimhub.mappings.identifiers.patient_id_system`,
     when the token names one; any system otherwise) and the resources whose ``patient`` or
@@ -152,7 +168,9 @@ def visibility(access: Access, type_: str) -> list[ColumnElement[bool]]:
     ``user/`` or ``system/`` grant only).
     """
     clauses: list[ColumnElement[bool]] = [FhirResource.type == type_]
-    if access.orgs is not None:
+    if type_ == MANIFEST_TYPE:
+        clauses.append(_manifest_visibility(access))
+    elif access.orgs is not None:
         clauses.append(FhirResource.org.in_(sorted(access.orgs)))
     if access.patient is None:
         return clauses

@@ -45,19 +45,25 @@ Organisations
     hub's token carrying it (with an ImagingStudy ``s`` grant) searches every organisation; it
     still reads only its own.
 Shares (:mod:`drimhub.sharing.grants`) and peers
-    :func:`authorize` is the one place. An ImagingStudy ``r``/``s`` request of a caller whose
-    organisation (grantee org) or ``sub`` (grantee user) holds active grants also sees those
-    studies (:attr:`Access.shared`, one indexed query per such request; the WADO-RS retrieve of
-    instances, series, studies, bulk data and WADO-URI ``application/dicom``, :func:`needs_download`,
-    count only the grants with ``download``). A share link's capability (claim ``share``, this
-    node's tokens only) sees its one study (:attr:`Access.only`) and nothing else: only
-    ImagingStudy ``r``/``s`` on ``/dicom-web``, ``/wado`` and ``/fhir`` (no batch, no
-    ``_include``, ``_revinclude``, ``_has`` nor chained parameter), else 403; its grant is looked
-    up on every request (revoked or expired: 401 ``invalid_token`` with the reason). A peer node's
-    token (:data:`PEER_SCOPE`) searches and reads every organisation's studies but those of
-    patients who opposed sharing (:mod:`drimhub.sharing.consent`): absent from searches, 403 with
-    the reason on any URL naming such a study (:func:`check_opposition`). So is a capability of
-    a study whose patient opposed. The owning organisation's own access never looks at consent.
+    :func:`authorize` is the one place. An ImagingStudy ``r``/``s`` request of a caller also sees
+    the studies granted to its organisation (grantee org) or to it (grantee user: the token's
+    issuer **and** ``sub``), while the grant is active and the patient did not oppose
+    (:attr:`Access.grantee`: an ``EXISTS`` over the grants in every query, no list of studies).
+    A grant's ``read`` is everything but the DICOM objects themselves: search, metadata, frames,
+    rendered, thumbnail, FHIR ImagingStudy. ``download`` adds the WADO-RS retrieve of instances,
+    series, studies, bulk data and WADO-URI ``application/dicom`` (:func:`needs_download`); a study
+    the caller sees through read-only grants only is a **403** ``insufficient_scope`` with the
+    reason on those URLs (:func:`drimhub.sharing.grants.download_refusal`), not a 404. A share
+    link's capability (claim ``share``, this node's tokens only) sees its one study
+    (:attr:`Access.only`) and nothing else: only ImagingStudy ``r``/``s`` on ``/dicom-web``,
+    ``/wado`` and ``/fhir`` (no batch, no ``_include``, ``_revinclude``, ``_has`` nor chained
+    parameter), else 403; its grant is looked up on every request (revoked or expired: 401
+    ``invalid_token`` with the reason). A peer node's token (:data:`PEER_SCOPE`) searches and reads
+    every organisation's studies but those of patients who opposed sharing
+    (:mod:`drimhub.sharing.consent`, :attr:`Access.opposed`: a ``NOT EXISTS`` over the opposition
+    index): absent from searches, 403 with the reason on any URL naming such a study
+    (:func:`check_opposition`). So is a capability of a study whose patient opposed. The owning
+    organisation's own access never looks at consent.
 """
 
 from __future__ import annotations
@@ -72,7 +78,7 @@ from drimhub.server.auth.principal import Principal
 from drimhub.server.db import get_session
 from drimhub.errors import Forbidden, Unauthorized
 from drimhub.sharing import consent, grants
-from drimhub.store.access import Access, PatientRef
+from drimhub.store.access import Access, Grantee, PatientRef
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +98,9 @@ PEER_SCOPE = "drimhub/peer"
 
 #: SMART permissions that read studies: the only ones shares and peers extend.
 READS = frozenset({"r", "s"})
+#: Resource types seen as their study is (shares and peers extend their reads): ImagingStudy and
+#: the manifests' DocumentReferences (drimhub.store.fhir.visibility ties each to its study).
+STUDY_TYPES = frozenset({"ImagingStudy", "DocumentReference"})
 #: View names (of any blueprint) that hand out the stored DICOM objects themselves (WADO-RS
 #: PS3.18 §10.4.1.1.1 and §10.4.1.1.5): a share grant needs ``download`` for them.
 DOWNLOAD_VIEWS = frozenset({"retrieve_study", "retrieve_series", "retrieve_instance", "bulkdata"})
@@ -161,11 +170,11 @@ def visible_orgs(principal: Principal, permission: str, resource: str | None = N
 
     The caller's own organisation; every organisation for a search with :data:`CROSS_ORG_SEARCH`,
     and for an ImagingStudy search or read with :data:`PEER_SCOPE` (minus the opposed patients,
-    :func:`authorize`). Share grants add single studies (:attr:`Access.shared`), not organisations.
+    :func:`authorize`). Share grants add single studies (:attr:`Access.grantee`), not organisations.
     """
     if permission == "s" and CROSS_ORG_SEARCH in principal.scopes.other:
         return None
-    if permission in READS and resource == "ImagingStudy" and PEER_SCOPE in principal.scopes.other:
+    if permission in READS and resource in STUDY_TYPES and PEER_SCOPE in principal.scopes.other:
         return None
     return frozenset({principal.org})
 
@@ -216,13 +225,17 @@ def authorize(principal: Principal, requirement: Requirement, *, download: bool 
             raise _insufficient(requirement, "a patient/ scope needs a patient context (claim patient)")
         patient = PatientRef.parse(principal.patient)
     orgs = visible_orgs(principal, requirement.permission, requirement.resource)
-    if requirement.resource != "ImagingStudy" or requirement.permission not in READS:
+    if requirement.resource not in STUDY_TYPES or requirement.permission not in READS:
         return Access(orgs, patient)
     if orgs is None:
-        peer = PEER_SCOPE in principal.scopes.other
-        return Access(None, patient, opposed=consent.opposed_patients(get_session()) if peer else frozenset())
-    shared = grants.shared_studies(get_session(), principal.org, principal.sub, download=download)
-    return Access(orgs, patient, shared=shared)
+        return Access(None, patient, opposed=PEER_SCOPE in principal.scopes.other)
+    grantee = Grantee(principal.org, principal.issuer, principal.sub, download=download)
+    study = requested_study() if download else None
+    if study is not None:
+        reason = grants.download_refusal(get_session(), grantee, study)
+        if reason is not None:
+            raise _insufficient(requirement, reason)
+    return Access(orgs, patient, grantee=grantee)
 
 
 def _capability(principal: Principal, requirement: Requirement, download: bool) -> Access:
