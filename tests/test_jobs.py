@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import signal
 import threading
 import time
@@ -23,7 +24,7 @@ import pytest
 from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 import dicomfactory as f
 from conftest import Mint
@@ -34,7 +35,7 @@ from drimhub.server.app import create_app
 from drimhub.server.auth.clients import create_client
 from drimhub.server.cli import main
 from drimhub.store.engine import write_session
-from drimhub.store.models import Study
+from drimhub.store.models import Instance, Study
 from drimhub.store.network import Job
 from serverproc import free_port
 from werkzeug.serving import make_server
@@ -87,7 +88,7 @@ def peer(tmp_path: Path, sqlite_template: Path, signing_key_pem: str) -> Iterato
     app.extensions["drimhub"].engine.dispose()
 
 
-def trust(app: Flask, peer: PeerNode, name: str = "b", url: str | None = None) -> None:
+def trust(app: Flask, peer: PeerNode, name: str = "b", url: str | None = None, **options: Any) -> None:
     """``peer`` registers this node as a client; this node adds it as peer ``name``."""
     public = {"keys": [app.extensions["drimhub"].signing_key.as_dict(private=False)]}
     with write_session(peer.app.extensions["drimhub"].sessions) as session:
@@ -95,7 +96,7 @@ def trust(app: Flask, peer: PeerNode, name: str = "b", url: str | None = None) -
         client_id = row.client_id
     with write_session(app.extensions["drimhub"].sessions) as session:
         add_peer(session, name, url or peer.url, client_id=client_id, scope="system/ImagingStudy.crs",
-                 allow_private=True)
+                 allow_private=True, **options)
 
 
 def stow(http: FlaskClient, instances: list[f.Instance]) -> None:
@@ -237,18 +238,6 @@ def test_push_sends_every_instance_once_in_batches(app: Flask, client: FlaskClie
     assert sorted(peer.instances(study)) == sorted(i.sop for i in instances)
 
 
-def test_reencoding_a_stored_instance_is_deterministic(app: Flask, client: FlaskClient) -> None:
-    instances = study_of(1) + [f.latin1_ct(), f.implicit_ct(), f.pdf(), f.sr()]
-    for instance in instances:
-        stow(client, [instance])
-    res = app.extensions["drimhub"]
-    with res.sessions() as session:
-        for instance in instances:
-            (row,) = push.next_batch(session, instance.study, 0)
-            once = push.encoded_bytes(push.encode(res.blobs, row.blob_key))
-            assert once == push.encoded_bytes(push.encode(res.blobs, row.blob_key)) == instance.data
-
-
 def test_unreachable_peer_retries_with_back_off_then_fails(app: Flask, client: FlaskClient, mint: Mint,
                                                           peer: PeerNode) -> None:
     trust(app, peer, url=f"http://127.0.0.1:{free_port()}")  # nobody listens there
@@ -300,6 +289,135 @@ def test_a_job_whose_worker_died_is_recovered(app: Flask, client: FlaskClient, m
     job = job_row(app, job_id)
     assert job.attempts == 2 and job.done == 3
     assert sorted(peer.instances(instances[0].study)) == sorted(i.sop for i in instances)
+
+
+def test_a_push_sends_what_the_peer_lacks_whatever_the_row_order(app: Flask, client: FlaskClient, mint: Mint,
+                                                                   peer: PeerNode) -> None:
+    """An instance whose row sorts before what an attempt had sent (a late commit) is still sent:
+    the push asks the peer what it holds, and succeeds only once it holds every instance."""
+    trust(app, peer)
+    instances = study_of(3)
+    stow(client, instances)
+    stow(peer.client(), instances[1:2])  # the peer already holds one (an earlier attempt)
+    study = instances[0].study
+    job_id = post_push(client, mint, study).get_json()["id"]
+    res = app.extensions["drimhub"]
+    with write_session(res.sessions) as session:  # an earlier attempt's cursor, past every row
+        last = session.scalar(select(Instance.pk).order_by(Instance.pk.desc()).limit(1))
+        session.execute(update(Job).where(Job.id == job_id).values(result=b'{"after_pk": %d}' % last, done=3))
+    assert tasks.run_job(app, job_id) == state.SUCCEEDED
+    assert sorted(peer.instances(study)) == sorted(i.sop for i in instances)
+    assert (job_row(app, job_id).done, job_row(app, job_id).total) == (3, 3)
+
+
+def test_the_stored_bytes_are_sent_unchanged(app: Flask, client: FlaskClient, mint: Mint, peer: PeerNode) -> None:
+    """A file pydicom would re-encode differently (a stale File Meta Information Group Length) reaches
+    the peer byte for byte."""
+    trust(app, peer)
+    instance = study_of(1)[0]
+    length = struct.unpack("<I", instance.data[140:144])[0]
+    data = instance.data[:140] + struct.pack("<I", length + 2) + instance.data[144:]
+    body, content_type = f.multipart([data])
+    assert client.post("/dicom-web/studies", data=body, content_type=content_type).status_code == 200
+    job_id = post_push(client, mint, instance.study).get_json()["id"]
+    assert tasks.run_job(app, job_id) == state.SUCCEEDED
+    got = peer.client().get(f"/dicom-web/studies/{instance.study}/series/{instance.series}/instances/{instance.sop}",
+                            headers={"Accept": 'multipart/related; type="application/dicom"'})
+    assert got.status_code == 200 and data in got.data and instance.data not in got.data
+
+
+def test_a_stale_worker_cannot_write_a_job_taken_over(app: Flask, client: FlaskClient, mint: Mint,
+                                                      peer: PeerNode) -> None:
+    trust(app, peer)
+    instances = study_of(2)
+    stow(client, instances)
+    job_id = post_push(client, mint, instances[0].study).get_json()["id"]
+    res = app.extensions["drimhub"]
+    stale = state.claim(res.sessions, job_id, lease=0.0)  # a worker whose lease runs out at once...
+    assert stale is not None and stale.lease_id
+    time.sleep(0.01)
+    fresh = state.claim(res.sessions, job_id)  # ...and another that takes the job over
+    assert fresh is not None and fresh.lease_id not in (None, stale.lease_id)
+    policy = state.RetryPolicy.from_config(app.config)
+    for write in (lambda: state.progress(res.sessions, job_id, stale.lease_id, done=1, total=2),
+                  lambda: state.renew(res.sessions, job_id, stale.lease_id),
+                  lambda: state.succeed(res.sessions, job_id, stale.lease_id),
+                  lambda: state.fail(res.sessions, job_id, stale.lease_id, "late", policy, permanent=True),
+                  lambda: tasks.run_push(app, stale, stale.lease_id)):
+        with pytest.raises(state.LeaseLost):
+            write()
+    job = job_row(app, job_id)
+    assert (job.state, job.lease_id, job.error, job.done) == ("running", fresh.lease_id, None, 0)
+    assert peer.instances(instances[0].study) == []  # the stale run stopped before sending
+    tasks.run_push(app, fresh, fresh.lease_id)
+    state.succeed(res.sessions, job_id, fresh.lease_id)
+    assert job_row(app, job_id).state == "succeeded"
+
+
+def test_relay_peers_are_refused_and_peer_refusals_are_permanent(app: Flask, client: FlaskClient, mint: Mint,
+                                                                 db_url: str, tmp_path: Path, signing_key_pem: str,
+                                                                 peer: PeerNode) -> None:
+    trust(app, peer, name="relay", auth="relay")
+    trust(app, peer, name="wrong", dicomweb_url=peer.url + "/nothing-here")  # DICOMweb requests answered 404
+    instances = study_of(1)
+    stow(client, instances)
+    refused = post_push(client, mint, instances[0].study, peer="relay")
+    assert refused.status_code == 400 and "relay" in refused.get_json()["error_description"]
+    env = {"DRIMHUB_DATABASE_URL": db_url, "DRIMHUB_DATA_DIR": str(tmp_path / "var"),
+           "DRIMHUB_SIGNING_KEY": signing_key_pem}
+    added = CliRunner().invoke(main, ["push-rule", "add", "relay"], env=env)
+    assert added.exit_code != 0 and "relay" in added.output
+    job_id = post_push(client, mint, instances[0].study, peer="wrong").get_json()["id"]
+    assert tasks.run_job(app, job_id) == state.FAILED, job_row(app, job_id).error  # JOBS_MAX_ATTEMPTS = 2
+    job = job_row(app, job_id)
+    assert job.attempts == 1 and "404" in (job.error or "")
+
+
+def test_duplicate_failures_count_as_stored_once_held() -> None:
+    from pydicom.dataset import Dataset
+
+    answer = Dataset.from_json({"00081198": {"vr": "SQ", "Value": [
+        {"00081155": {"vr": "UI", "Value": ["1.2.3"]}, "00081197": {"vr": "US", "Value": [0x0111]}},
+        {"00081155": {"vr": "UI", "Value": ["1.2.4"]}, "00081197": {"vr": "US", "Value": [45070]}}]},
+        "00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": ["1.2.5"]}}]}})
+    assert push.check_answer(answer, ["1.2.3", "1.2.4", "1.2.5"]) == {"1.2.3": 0x0111, "1.2.4": 45070}
+    with pytest.raises(push.PushError) as refused:
+        push.check_answer(answer, ["1.2.3", "1.2.6"])
+    assert not refused.value.permanent
+
+
+def test_each_push_attempt_is_audited_as_an_export(app: Flask, client: FlaskClient, mint: Mint,
+                                                   peer: PeerNode) -> None:
+    import orjson
+
+    from drimhub.store.audit import AuditRecord
+
+    trust(app, peer)
+    trust(app, peer, name="down", url=f"http://127.0.0.1:{free_port()}")
+    instances = study_of(1)
+    stow(client, instances)
+    study = instances[0].study
+    assert tasks.run_job(app, post_push(client, mint, study).get_json()["id"]) == state.SUCCEEDED
+    assert tasks.run_job(app, post_push(client, mint, study, peer="down").get_json()["id"]) == state.RETRYING
+    with app.extensions["drimhub"].sessions() as session:
+        events = [orjson.loads(r) for r in session.scalars(
+            select(AuditRecord.resource).where(AuditRecord.event_type == "110106"))]
+    assert [(e["outcome"], e["type"]["display"]) for e in events] == [("0", "Export"), ("8", "Export")]
+    for event, peer_name in zip(events, ("b", "down")):
+        assert {"display": f"peer {peer_name}"} in [agent.get("who") for agent in event["agent"]]
+        assert any(study in str(entity) for entity in event["entity"])
+        assert any("Patient" in str(entity) for entity in event["entity"])
+    assert "retrying" in events[1]["outcomeDesc"]
+
+
+def test_the_scheduled_purge_runs_without_a_retention_policy(app: Flask, client: FlaskClient) -> None:
+    instances = study_of(1)
+    stow(client, instances)
+    with write_session(app.extensions["drimhub"].sessions) as session:  # made a peer's expired cached copy
+        session.execute(update(Study).where(Study.study_uid == instances[0].study).values(
+            org="peer:b", origin="b", expires_at=state.now_utc() - timedelta(days=1)))
+    assert not app.config.get("RETENTION")
+    assert tasks.purge(app) == [instances[0].study]
 
 
 # --- push rules ---------------------------------------------------------------------------------
@@ -371,3 +489,34 @@ def test_a_redis_queue_runs_a_push(redis_app: Flask, client: FlaskClient, mint: 
             signal.signal(sig, handler)
     assert (job.state, job.done, job.total) == ("succeeded", 3, 3)
     assert sorted(peer.instances(instances[0].study)) == sorted(i.sop for i in instances)
+
+
+def test_rules_follow_a_running_push_and_drimhub_import(app: Flask, client: FlaskClient, db_url: str, tmp_path: Path,
+                                                       signing_key_pem: str, peer: PeerNode) -> None:
+    trust(app, peer)
+    env = {"DRIMHUB_DATABASE_URL": db_url, "DRIMHUB_DATA_DIR": str(tmp_path / "var"),
+           "DRIMHUB_SIGNING_KEY": signing_key_pem, "DRIMHUB_JOBS_URL": str(app.config["JOBS_URL"])}
+    runner = CliRunner()
+    assert runner.invoke(main, ["push-rule", "add", "b"], env=env).exit_code == 0
+    instances = study_of(3)
+    stow(client, instances[:1])
+    res = app.extensions["drimhub"]
+    with res.sessions() as session:
+        (first,) = session.scalars(select(Job.id))
+    assert state.claim(res.sessions, first) is not None  # running: it may have listed the study already
+    stow(client, instances[1:2])
+    with res.sessions() as session:
+        states = sorted(session.execute(select(Job.state, Job.id)).all())
+    assert [s for s, _ in states] == ["queued", "running"]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "x.dcm").write_bytes(instances[2].data)
+    imported = runner.invoke(main, ["import", str(tmp_path / "in"), "--org", "org-a"], env=env)
+    assert imported.exit_code == 0, imported.output
+    with res.sessions() as session:
+        assert session.scalar(select(func.count(Job.pk))) == 2  # the queued one takes the imported instance
+    other = study_of(1)
+    (tmp_path / "in" / "x.dcm").write_bytes(other[0].data)
+    imported = runner.invoke(main, ["import", str(tmp_path / "in"), "--org", "org-a"], env=env)
+    assert imported.exit_code == 0 and "1 push(es) queued" in imported.output, imported.output
+    with res.sessions() as session:
+        assert session.scalar(select(Job.state).where(Job.study_uid == other[0].study)) == "queued"

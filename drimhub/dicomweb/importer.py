@@ -34,6 +34,7 @@ class ImportSummary:
     stored: int = 0
     already: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    studies: set[str] = field(default_factory=set)  # Study Instance UIDs stored into (push rules)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def import_one(service: StoreService, source: Source, summary: ImportSummary,
             for archive in opened.values():
                 archive.close()
     outcome = service.store_one(sink, result)
+    summary.studies |= result.studies
     if outcome in (Outcome.STORED, Outcome.REPLACED):
         summary.stored += 1
     elif outcome == Outcome.ALREADY_STORED:

@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from drimhub.dicomweb import delete, qido, rendered, wado, xml
 from drimhub.dicomweb.query import Level, parse_query
 from drimhub.dicomweb.stow import StoreService
-from drimhub.jobs import routes as push_rules
+from drimhub.jobs.rules import after_store
 from drimhub.server import auditctx, urls
 from drimhub.server.auth import policy
 from drimhub.server.auth.policy import Requirement, current_access, current_principal
@@ -52,7 +52,7 @@ def store(study: str | None = None) -> Response:
     STOW_INSTANCES.labels("stored").inc(len(result.referenced))
     STOW_INSTANCES.labels("failed").inc(len(result.failed))
     if result.studies:
-        push_rules.after_stow(result.studies)  # the pushes the push rules ask for (drimhub.jobs)
+        after_store(res, result.studies)  # the pushes the push rules ask for (drimhub.jobs)
     return dicom_json(result.to_dicom_json(base_url(), study), result.http_status)
 
 

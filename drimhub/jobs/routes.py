@@ -1,5 +1,4 @@
-"""``POST /api/peers/{peer}/push`` and ``GET /api/jobs/{id}`` (ARCHITECTURE §3), and the STOW hook
-that queues the pushes of the push rules.
+"""``POST /api/peers/{peer}/push`` and ``GET /api/jobs/{id}`` (ARCHITECTURE §3).
 
 Access: both need :data:`~drimhub.server.auth.policy.PUSH_SCOPE` (the caller's organisation's
 studies and jobs) or :data:`~drimhub.server.auth.policy.ADMIN_SCOPE` (every job). A rule can name
@@ -10,7 +9,6 @@ one scope only, so the hook authenticates (:data:`~drimhub.server.auth.policy.PE
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 
 import orjson
 from flask import Blueprint, Flask, Response, request
@@ -49,11 +47,10 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
 def push(peer: str) -> Response:
     """Queue a push of the caller's organisation's study to ``peer``: 202 with the job.
 
-    404 for an unknown peer or a study the caller's organisation does not hold; 403 when the
-    patient opposed sharing. A push of the same study to the same peer still pending is
-    answered with that job.
+    404 for an unknown peer or a study the caller's organisation does not hold; 400 for a relay
+    peer (:func:`rules.pushable_peer`); 403 when the patient opposed sharing. A push of the same
+    study to the same peer still waiting (queued or retrying) is answered with that job.
     """
-    from drimhub.federation.peers import get_peer
     from drimhub.sharing import consent
 
     principal = current_principal()
@@ -67,7 +64,7 @@ def push(peer: str) -> Response:
     if found is None:
         raise NotFound(f"no study {study} is stored for organisation {principal.org}")
     auditctx.involve(found.patient_id, study, found.issuer_of_patient_id)
-    get_peer(session, peer)
+    rules.pushable_peer(session, peer)
     consent.check_shareable(session, study)
     session.rollback()  # end the read transaction before the write (SQLite)
     with write_session(resources().sessions) as writer:
@@ -89,17 +86,6 @@ def get_job(job_id: str) -> Response:
 
 bp.add_url_rule("/peers/<peer>/push", "push", push, methods=["POST"])
 bp.add_url_rule("/jobs/<job_id>", "get_job", get_job, methods=["GET"])
-
-
-def after_stow(studies: Iterable[str]) -> None:
-    """After a STOW committed: queue the pushes the push rules ask for (never fails the STOW:
-    a job row committed but not enqueued is handed over by the periodic recovery)."""
-    studies = sorted(studies)
-    try:
-        for job_id in rules.jobs_for_stored(resources().sessions, studies):
-            queue.enqueue(job_id)
-    except Exception:
-        log.exception("push rules: the pushes of studies %s were not all queued", studies)
 
 
 def init_app(app: Flask) -> None:

@@ -1,10 +1,12 @@
 """Push rules ("every CT of organisation X goes to peer T") and the push jobs, made by the API,
-by the rules after a STOW, and by ``drimhub push-rule`` (no Flask here)."""
+by the rules after a STOW or ``drimhub import`` (:func:`after_store`), and by ``drimhub push-rule``
+(no Flask here)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,6 +23,25 @@ log = logging.getLogger(__name__)
 MAX_MODALITY = 16
 
 
+def pushable_peer(session: Session, name: str) -> Any:
+    """The peer ``name`` (a :class:`~drimhub.federation.peers.PeerInfo`) if a push may go to it.
+
+    Raises
+    ------
+    NotFound
+        No peer called ``name``.
+    InvalidRequest
+        A ``relay`` peer: it accepts only the caller's own token, and a background job has none.
+    """
+    from drimhub.federation.peers import get_peer
+
+    peer = get_peer(session, name)
+    if peer.auth == "relay":
+        raise InvalidRequest(f"peer {name} is a relay peer: it needs the user's own token, which a background "
+                             "push does not have; add it with SMART backend authentication to push to it")
+    return peer
+
+
 def add_rule(session: Session, peer: str, org: str | None = None, modality: str | None = None) -> PushRule:
     """Add a rule: studies of ``org`` (None: any) with a series of ``modality`` (None: any) go to ``peer``.
 
@@ -29,11 +50,9 @@ def add_rule(session: Session, peer: str, org: str | None = None, modality: str 
     NotFound
         No peer called ``peer`` (:func:`drimhub.federation.peers.get_peer`).
     InvalidRequest
-        A modality that is not a DICOM code string.
+        A modality that is not a DICOM code string, or a relay peer (:func:`pushable_peer`).
     """
-    from drimhub.federation.peers import get_peer
-
-    get_peer(session, peer)
+    pushable_peer(session, peer)
     if modality is not None:
         modality = modality.strip().upper()
         if not modality or len(modality) > MAX_MODALITY or not all(c.isalnum() or c in " _" for c in modality):
@@ -55,14 +74,16 @@ def remove_rule(session: Session, pk: int) -> bool:
 
 
 def push_job(session: Session, org: str, created_by: str, peer: str, study: str) -> tuple[Job, bool]:
-    """The pending push of ``study`` to ``peer``, or a new queued one; (job, created).
+    """The waiting push of ``study`` to ``peer``, or a new queued one; (job, created).
 
-    One pending job per study and peer: a second request while the first is queued, running or
-    retrying gets that job (it sends every instance of the study as it is then).
+    A request while a push of the study to the peer is queued or retrying gets that job: its next
+    attempt sends every instance of the study as it is then. A running push is not reused (it
+    may have listed the study before the instances that prompted this request were stored): a
+    new queued job follows it.
     """
-    pending = state.pending_push(session, peer, study)
-    if pending is not None:
-        return pending, False
+    waiting = state.waiting_push(session, peer, study)
+    if waiting is not None:
+        return waiting, False
     return state.create(session, state.PUSH, org, created_by, peer=peer, study=study), True
 
 
@@ -110,3 +131,35 @@ def _matches(rules: list[PushRule], rows: Iterable[tuple[str, str, str | None]])
             if (rule.org is None or rule.org == org) and (rule.modality is None or rule.modality == modality):
                 wanted.add((study, org, rule.peer))
     return wanted
+
+
+def after_store(res: Any, studies: Iterable[str], app: Any = None) -> list[str]:
+    """After instances of ``studies`` were stored and committed (a STOW, ``drimhub import``): queue
+    the pushes the push rules ask for. Never raises: a job row committed but not enqueued is
+    handed to the queue by the periodic recovery; a failure is logged.
+
+    Parameters
+    ----------
+    res : drimhub.server.db.Resources
+        The app's resources (``.sessions``).
+    studies : iterable of str
+        Study Instance UIDs stored into.
+    app : flask.Flask, optional
+        The app whose queue takes the jobs (default: the current app).
+
+    Returns
+    -------
+    list of str
+        Ids of the jobs queued.
+    """
+    studies = sorted(set(studies))
+    queued: list[str] = []
+    try:
+        from drimhub.jobs.queue import enqueue
+
+        for job_id in jobs_for_stored(res.sessions, studies):
+            enqueue(job_id, app=app)
+            queued.append(job_id)
+    except Exception:
+        log.exception("push rules: the pushes of studies %s were not all queued", studies)
+    return queued

@@ -11,7 +11,9 @@ huey only carries a job's id; everything else lives in the ``job`` table
 
 A claim is one conditional UPDATE: of two workers handed the same id (the queue and the
 recovery both enqueued it), exactly one runs the job. A running job holds a lease
-(``lease_until``) that its worker renews after each batch of work.
+(``lease_until``) that its worker renews while it works, and a fencing token (``lease_id``,
+fresh at each claim): every later write of the attempt matches that token, so a worker whose
+lease ran out and was taken over changes nothing (:class:`LeaseLost` stops its run).
 """
 
 from __future__ import annotations
@@ -36,13 +38,22 @@ PENDING = (QUEUED, RUNNING, RETRYING)
 #: Kind of a push of a study to a peer.
 PUSH = "push"
 
-#: Seconds a claim lasts before another worker may take the job over; renewed after each batch.
+#: Seconds a claim lasts before another worker may take the job over; renewed while the job works.
 LEASE_SECONDS = 300.0
 #: Seconds a due queued/retrying job may wait in the queue before the periodic recovery hands it
 #: to the queue again (the queue lost it, or the queue is that far behind).
 OVERDUE_SECONDS = 60.0
 #: Longest error text kept on a job.
 MAX_ERROR = 2000
+
+
+class LeaseLost(Exception):
+    """This worker's lease on a job ran out and another worker took the job over (or it finished):
+    the stale worker stops its run and writes nothing more."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id}: the lease was lost to another worker")
+        self.job_id = job_id
 
 
 @dataclass(frozen=True)
@@ -97,10 +108,13 @@ def create(session: Session, kind: str, org: str, created_by: str, *, peer: str 
     return job
 
 
-def pending_push(session: Session, peer: str, study: str) -> Job | None:
-    """A push of ``study`` to ``peer`` that is not finished yet, if any."""
+def waiting_push(session: Session, peer: str, study: str) -> Job | None:
+    """A push of ``study`` to ``peer`` that has not started its next attempt (queued or retrying), if any.
+
+    A running push is not one: it may have listed the study's instances before others were stored.
+    """
     stmt = select(Job).where(Job.kind == PUSH, Job.peer == peer, Job.study_uid == study,
-                             Job.state.in_(PENDING)).limit(1)
+                             Job.state.in_((QUEUED, RETRYING))).order_by(Job.pk).limit(1)
     return session.scalars(stmt).first()
 
 
@@ -109,43 +123,68 @@ def get(session: Session, job_id: str) -> Job | None:
     return session.scalars(select(Job).where(Job.id == job_id)).first()
 
 
+def _abandoned(now: datetime) -> Any:
+    """Running under a lease that ran out (its worker died or hangs)."""
+    return and_(Job.state == RUNNING, or_(Job.lease_until.is_(None), Job.lease_until < now))
+
+
 def _claimable(now: datetime) -> Any:
     due = and_(Job.state.in_((QUEUED, RETRYING)), or_(Job.next_attempt.is_(None), Job.next_attempt <= now))
-    abandoned = and_(Job.state == RUNNING, or_(Job.lease_until.is_(None), Job.lease_until < now))
-    return or_(due, abandoned)
+    return or_(due, _abandoned(now))
 
 
 def claim(sessions: sessionmaker[Session], job_id: str, lease: float = LEASE_SECONDS) -> Job | None:
-    """Start an attempt of ``job_id``: running, one more attempt, a fresh lease. None when the job
-    is not due (finished, running under a live lease, waiting for its next attempt, unknown)."""
+    """Start an attempt of ``job_id``: running, one more attempt, a fresh lease and fencing token
+    (``job.lease_id``, to pass to every later write). None when the job is not due (finished,
+    running under a live lease, waiting for its next attempt, unknown)."""
     now = now_utc()
     with write_session(sessions) as session:
         claimed = session.execute(
             update(Job).where(Job.id == job_id, _claimable(now))
             .values(state=RUNNING, attempts=Job.attempts + 1, lease_until=now + timedelta(seconds=lease),
-                    updated_at=now)).rowcount
+                    lease_id=uuid.uuid4().hex, updated_at=now)).rowcount
         return get(session, job_id) if claimed == 1 else None
 
 
-def progress(sessions: sessionmaker[Session], job_id: str, *, done: int, total: int | None,
-             result: bytes | None = None, lease: float = LEASE_SECONDS) -> None:
-    """Record progress of a running job and renew its lease."""
-    now = now_utc()
+def _held(job_id: str, lease_id: str) -> Any:
+    """The job is running under the lease ``lease_id`` (the fencing condition of every write)."""
+    return and_(Job.id == job_id, Job.state == RUNNING, Job.lease_id == lease_id)
+
+
+def _write(sessions: sessionmaker[Session], job_id: str, lease_id: str, **values: Any) -> None:
+    """Update the job if ``lease_id`` still holds it; else :class:`LeaseLost`."""
     with write_session(sessions) as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.state == RUNNING)
-                        .values(done=done, total=total, result=result, updated_at=now,
-                                lease_until=now + timedelta(seconds=lease)))
+        if session.execute(update(Job).where(_held(job_id, lease_id)).values(**values)).rowcount != 1:
+            raise LeaseLost(job_id)
 
 
-def succeed(sessions: sessionmaker[Session], job_id: str) -> None:
-    """The running job ``job_id`` is done."""
+def renew(sessions: sessionmaker[Session], job_id: str, lease_id: str, lease: float = LEASE_SECONDS) -> None:
+    """Extend the lease ``lease_id`` on the running job ``job_id``.
+
+    Raises
+    ------
+    LeaseLost
+        The lease is no longer this worker's.
+    """
     now = now_utc()
-    with write_session(sessions) as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.state == RUNNING)
-                        .values(state=SUCCEEDED, error=None, lease_until=None, next_attempt=None, updated_at=now))
+    _write(sessions, job_id, lease_id, updated_at=now, lease_until=now + timedelta(seconds=lease))
 
 
-def fail(sessions: sessionmaker[Session], job_id: str, error: str, policy: RetryPolicy,
+def progress(sessions: sessionmaker[Session], job_id: str, lease_id: str, *, done: int, total: int | None,
+             lease: float = LEASE_SECONDS) -> None:
+    """Record progress of the running job and renew its lease (:class:`LeaseLost` as :func:`renew`)."""
+    now = now_utc()
+    _write(sessions, job_id, lease_id, done=done, total=total, updated_at=now,
+           lease_until=now + timedelta(seconds=lease))
+
+
+def succeed(sessions: sessionmaker[Session], job_id: str, lease_id: str) -> None:
+    """The running job ``job_id`` is done (:class:`LeaseLost` as :func:`renew`)."""
+    _write(sessions, job_id, lease_id, state=SUCCEEDED, error=None, lease_until=None, next_attempt=None,
+           updated_at=now_utc())
+
+
+def fail(sessions: sessionmaker[Session], job_id: str, lease_id: str, error: str, policy: RetryPolicy,
          permanent: bool = False) -> float | None:
     """An attempt of the running job ``job_id`` failed with ``error``.
 
@@ -154,18 +193,23 @@ def fail(sessions: sessionmaker[Session], job_id: str, error: str, policy: Retry
     float or None
         Seconds until the next attempt (state ``retrying``), or None: the job ``failed``
         (``permanent``, or that was its last attempt).
+
+    Raises
+    ------
+    LeaseLost
+        The lease is no longer this worker's (nothing is written).
     """
     now = now_utc()
     with write_session(sessions) as session:
-        job = get(session, job_id)
-        if job is None or job.state != RUNNING:
-            return None
-        delay = None if permanent or job.attempts >= policy.max_attempts else policy.delay(job.attempts)
-        job.error = error[:MAX_ERROR]
-        job.lease_until = None
-        job.updated_at = now
-        job.state = FAILED if delay is None else RETRYING
-        job.next_attempt = None if delay is None else now + timedelta(seconds=delay)
+        attempts = session.scalar(select(Job.attempts).where(_held(job_id, lease_id)))
+        if attempts is None:
+            raise LeaseLost(job_id)
+        delay = None if permanent or attempts >= policy.max_attempts else policy.delay(attempts)
+        changed = session.execute(update(Job).where(_held(job_id, lease_id)).values(
+            error=error[:MAX_ERROR], lease_until=None, updated_at=now, state=FAILED if delay is None else RETRYING,
+            next_attempt=None if delay is None else now + timedelta(seconds=delay))).rowcount
+        if changed != 1:
+            raise LeaseLost(job_id)
         return delay
 
 
@@ -177,8 +221,7 @@ def due(sessions: sessionmaker[Session], overdue: float = 0.0, limit: int = 1000
     late = now - timedelta(seconds=overdue)
     with write_session(sessions) as session:
         waiting = and_(Job.state.in_((QUEUED, RETRYING)), or_(Job.next_attempt.is_(None), Job.next_attempt <= late))
-        abandoned = and_(Job.state == RUNNING, or_(Job.lease_until.is_(None), Job.lease_until < now))
-        ids = list(session.scalars(select(Job.id).where(or_(waiting, abandoned)).order_by(Job.pk).limit(limit)))
+        ids = list(session.scalars(select(Job.id).where(or_(waiting, _abandoned(now))).order_by(Job.pk).limit(limit)))
         if ids:
             session.execute(update(Job).where(Job.id.in_(ids), Job.state.in_((QUEUED, RETRYING)))
                             .values(next_attempt=now))

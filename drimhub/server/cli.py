@@ -189,7 +189,7 @@ def import_(paths: tuple[Path, ...], org: str) -> None:
     """Ingest DICOM files, folders and zip archives, as organisation ``--org``.
 
     Like a STOW of that organisation: new studies belong to it, and an instance of a study that
-    another organisation owns is refused.
+    another organisation owns is refused; the push rules queue their pushes once the import ends.
     """
     from tqdm import tqdm
 
@@ -209,7 +209,11 @@ def import_(paths: tuple[Path, ...], org: str) -> None:
     finally:
         for archive in archives.values():
             archive.close()
-    click.echo(f"{summary.stored} stored, {summary.already} already present, {len(summary.failed)} failed")
+    from drimhub.jobs.rules import after_store
+
+    queued = after_store(res, summary.studies, app=app)
+    click.echo(f"{summary.stored} stored, {summary.already} already present, {len(summary.failed)} failed"
+               + (f", {len(queued)} push(es) queued" if queued else ""))
     for name, reason in summary.failed:
         click.echo(f"  failed: {name}: {reason}")
     if summary.failed:
