@@ -301,8 +301,17 @@ def test_org_grant_lets_the_grantee_see_that_study(anon: FlaskClient, mint: Mint
     assert anon.get(metadata, headers=org_b).status_code == 200
     assert anon.get(f"/fhir/ImagingStudy/{shared.study}", headers=org_b).status_code == 200
     assert anon.get(f"/fhir/ImagingStudy/{other.study}", headers=org_b).status_code == 404
-    retrieve = anon.get(instance_urls(shared)["study"], headers={"Accept": MULTIPART_DICOM, **org_b})
-    assert retrieve.status_code == 404  # read only: the instances themselves are not shared
+    urls = instance_urls(shared)
+    for url in (urls["study"], urls["series"], urls["instance"]):  # read only: the instances are not shared
+        retrieve = anon.get(url, headers={"Accept": MULTIPART_DICOM, **org_b})
+        assert retrieve.status_code == 403, url
+        assert 'error="insufficient_scope"' in retrieve.headers["WWW-Authenticate"]
+        assert "shared for reading only" in retrieve.headers["WWW-Authenticate"]
+    r = anon.get(wado_uri(shared, "application/dicom"), headers=org_b)
+    assert r.status_code == 403 and "reading only" in r.headers["WWW-Authenticate"]
+    assert anon.get(f"{urls['instance']}/frames/1", headers={"Accept": 'multipart/related; type="application/octet-stream"',
+                                                             **org_b}).status_code == 200  # frames are "read"
+    assert anon.get(instance_urls(other)["study"], headers={"Accept": MULTIPART_DICOM, **org_b}).status_code == 404
     assert anon.get(metadata, headers=bearer(mint("system/*.cruds", org="org-c"))).status_code == 404
     assert anon.delete(f"/api/shares/{share['id']}", headers=bearer(mint(SHARER))).status_code == 204
     assert anon.get("/dicom-web/studies", headers=org_b).json == []

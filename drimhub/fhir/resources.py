@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from drimhub.errors import Conflict, Gone, InvalidRequest, NotFound, PreconditionFailed, Unprocessable
 from drimhub.fhir import indexing, locks, report_rules
 from drimhub.fhir.registry import resource_type
+from drimhub.sharing import consent
 from drimhub.store import fhir as rows
 from drimhub.store.access import Access
 from drimhub.store.blobs import FileBlobStore
@@ -128,6 +129,8 @@ def _write(session: Session, blobs: FileBlobStore, row: FhirResource | None, typ
     elif type_ == "DiagnosticReport":
         report_rules.apply(session, resource, org, previous)
         _move_presented_forms(session, blobs, resource, org)
+    elif type_ == "Consent":
+        consent.check_resolvable(session, resource)  # an opposition must name its patient (422)
     version = (row.version + 1) if row is not None else 1
     moment = datetime.now(timezone.utc)
     meta = {**(resource.get("meta") or {}), "versionId": str(version), "lastUpdated": instant(moment)}
@@ -135,7 +138,9 @@ def _write(session: Session, blobs: FileBlobStore, row: FhirResource | None, typ
                 **{k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")}}
     row = rows.write_version(session, row, type_=type_, id_=id_, org=org, version=version, last_updated=moment,
                              method=method, content=orjson.dumps(resource), blob_key=blob_key)
-    rows.replace_index(session, row, indexing.index_values(resource))
+    rows.replace_index(session, row, [*indexing.index_values(resource), *consent.opposition_index(session, resource)])
+    if type_ == "Patient":
+        consent.refresh_for_patient(session, id_)  # its identifiers oppose with the Consents naming it
     return Stored.of(row)
 
 

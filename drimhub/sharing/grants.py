@@ -1,6 +1,11 @@
 """Share grants (``/api/shares``): one study of an organisation, for another organisation, a user,
 or anyone holding a link, with an expiry.
 
+Grantees: ``{"org": O}`` (every token acting for organisation ``O``); ``{"user": SUB}`` or
+``{"user": SUB, "issuer": ISS}`` (the tokens with that ``sub`` **from that issuer**, this node's
+own when none is given: a ``sub`` is unique within its issuer only, so a user grant matches the
+pair (issuer, sub), kept in ``share.grantee_user`` and ``share.grantee_issuer``); ``{"link": true}``.
+
 Rules:
 
 - only the organisation owning a study grants it (a study of another organisation, or unknown,
@@ -19,6 +24,18 @@ RFC 9068 ``at+jwt``, signed with the node key) with ``sub`` ``share:<id>``, the 
 naming the grant, ``org`` the grant's organisation, scope ``system/ImagingStudy.rs``, ``exp`` the
 grant's expiry and a ``jti`` kept in ``share.token_jti``. It is shown once, in the answer to the
 ``POST``; :mod:`drimhub.server.auth.policy` confines it to its one study.
+
+Decision: a link's ``exp`` is the grant's expiry (up to ``SHARE_MAX_DAYS``, 7 days as the issue
+asks), so it may outlive the token that created it, although security.md G5 says a token's lifetime
+is at most the issuing token's. The grant, not the creating token, is what the organisation decided
+(a user with ``drimhub/share`` shares a study for a week, not for the minutes their own token has
+left); revocation is immediate (``DELETE`` marks the grant and adds the link's ``jti`` to the revoked
+tokens); and every request with the link, and every introspection of it, re-checks the grant
+(:func:`capability_grant`), so the link is never worth more than the grant is now.
+
+Visibility is applied in SQL by :class:`drimhub.store.access.Grantee` (an ``EXISTS`` over the active
+grants, no list of studies); a study seen through read-only grants is a 403 on the download URLs
+(:func:`download_refusal`), not a 404.
 """
 
 from __future__ import annotations
@@ -28,26 +45,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import bindparam, or_, select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from drimhub.dicomweb.uids import is_valid_uid
 from drimhub.errors import Forbidden, InvalidRequest, NotFound, Unauthorized
 from drimhub.server.auth import tokens
 from drimhub.sharing import consent
+from drimhub.store.access import DOWNLOAD_PERMISSIONS, Grantee
 from drimhub.store.engine import with_retries
 from drimhub.store.models import Study, utc
 from drimhub.store.network import Share
 from drimhub.store.security import RevokedToken
 
 #: The permission sets a grant may give, as the API lists them and as ``share.permissions`` keeps them.
-PERMISSIONS = {("read",): "read", ("read", "download"): "read download"}
+PERMISSIONS = {("read",): "read", ("read", "download"): DOWNLOAD_PERMISSIONS}
 #: Scope of a link's capability token: ImagingStudy read and search (SMART v2), nothing else.
 CAPABILITY_SCOPE = "system/ImagingStudy.rs"
 #: ``client_id`` of capability tokens (RFC 9068 §2.2 requires one; no OAuth2 client issued them).
 CAPABILITY_CLIENT = "drimhub-share-link"
 _FIELDS = frozenset({"study", "grantee", "permissions", "expires", "note"})
-_NOTE_MAX, _ORG_MAX, _USER_MAX = 1024, 64, 255
+_NOTE_MAX, _ORG_MAX, _USER_MAX, _ISSUER_MAX = 1024, 64, 255, 512
 
 
 def invalid(message: str) -> InvalidRequest:
@@ -62,6 +80,8 @@ class GrantRequest:
     study: str
     grantee_org: str | None
     grantee_user: str | None
+    #: Issuer of the grantee user's tokens, as given (None: this node's, filled in by :func:`create`).
+    grantee_issuer: str | None
     link: bool
     permissions: str
     expires: datetime
@@ -84,26 +104,36 @@ def parse_request(body: Any, now: datetime, max_days: int) -> GrantRequest:
     study = body.get("study")
     if not isinstance(study, str) or not is_valid_uid(study):
         raise invalid("study is a Study Instance UID")
-    org, user, link = _grantee(body.get("grantee"))
+    org, user, issuer, link = _grantee(body.get("grantee"))
     note = body.get("note")
     if note is not None and (not isinstance(note, str) or len(note) > _NOTE_MAX):
         raise invalid(f"note is a string of at most {_NOTE_MAX} characters")
-    return GrantRequest(study, org, user, link, _permissions(body.get("permissions")),
+    return GrantRequest(study, org, user, issuer, link, _permissions(body.get("permissions")),
                         _expiry(body.get("expires"), now, max_days), note)
 
 
-def _grantee(value: Any) -> tuple[str | None, str | None, bool]:
-    if not isinstance(value, dict) or len(value) != 1:
-        raise invalid('grantee is one of {"org": O}, {"user": U}, {"link": true}')
-    [(kind, name)] = value.items()
-    if kind == "link" and name is True:
-        return None, None, True
+def _grantee(value: Any) -> tuple[str | None, str | None, str | None, bool]:
+    """(org, user, user's issuer, link) of a ``grantee``; the issuer None when not given."""
+    usage = 'grantee is one of {"org": O}, {"user": U} or {"user": U, "issuer": ISS} (non-empty strings), {"link": true}'
+    if not isinstance(value, dict) or not value:
+        raise invalid(usage)
+    if value == {"link": True}:
+        return None, None, None, True
+    issuer = value.get("issuer") if set(value) == {"user", "issuer"} else None
+    if set(value) == {"user", "issuer"} and (not isinstance(issuer, str) or not issuer.strip()
+                                             or len(issuer) > _ISSUER_MAX):
+        raise invalid(usage)
+    kinds = set(value) - {"issuer"} if issuer is not None else set(value)
+    if len(kinds) != 1:
+        raise invalid(usage)
+    [kind] = kinds
+    name = value[kind]
     limit = {"org": _ORG_MAX, "user": _USER_MAX}.get(kind)
     if limit is None or not isinstance(name, str) or not name.strip() or len(name) > limit:
-        raise invalid('grantee is one of {"org": O}, {"user": U} (non-empty strings), {"link": true}')
+        raise invalid(usage)
     if kind == "user" and name.startswith("share:"):
         raise invalid("a share link is not a user")
-    return (name, None, False) if kind == "org" else (None, name, False)
+    return (name, None, None, False) if kind == "org" else (None, name, issuer, False)
 
 
 def _permissions(value: Any) -> str:
@@ -132,8 +162,12 @@ def _expiry(value: Any, now: datetime, max_days: int) -> datetime:
 
 # --- writing, reading, revoking ---------------------------------------------------------------
 
-def create(sessions: sessionmaker[Session], req: GrantRequest, *, org: str, created_by: str) -> Share:
+def create(sessions: sessionmaker[Session], req: GrantRequest, *, org: str, created_by: str,
+           node_issuer: str) -> Share:
     """Record the grant of ``req`` by ``org`` (``created_by``: the caller's ``sub``).
+
+    A user grantee is an issuer and a ``sub`` (a ``sub`` is unique within its issuer only): the
+    one the request gives, else ``node_issuer`` (this node's users).
 
     Raises
     ------
@@ -155,7 +189,8 @@ def create(sessions: sessionmaker[Session], req: GrantRequest, *, org: str, crea
             raise Forbidden(f"this study is a cached copy of peer {study.origin}'s: share it there")
         consent.check_shareable(session, req.study)
         share = Share(id=uuid.uuid4().hex, study_uid=req.study, org=org, grantee_org=req.grantee_org,
-                      grantee_user=req.grantee_user, link=req.link, permissions=req.permissions,
+                      grantee_user=req.grantee_user,
+                      grantee_issuer=(req.grantee_issuer or node_issuer) if req.grantee_user else None, link=req.link, permissions=req.permissions,
                       expires_at=req.expires, note=req.note, created_by=created_by,
                       created_at=datetime.now(timezone.utc).replace(microsecond=0),
                       token_jti=uuid.uuid4().hex if req.link else None)
@@ -207,7 +242,7 @@ def revoke(sessions: sessionmaker[Session], org: str, share_id: str) -> Share:
 def grant_json(share: Share, token: str | None = None) -> dict[str, Any]:
     """The API form of a grant (and, right after a link's creation only, its capability ``token``)."""
     grantee: dict[str, Any] = ({"link": True} if share.link else {"org": share.grantee_org} if share.grantee_org
-                               else {"user": share.grantee_user})
+                               else {"user": share.grantee_user, "issuer": share.grantee_issuer})
     out: dict[str, Any] = {
         "id": share.id, "study": share.study_uid, "grantee": grantee, "permissions": share.permissions.split(),
         "expires": utc(share.expires_at).isoformat(), "note": share.note,
@@ -256,20 +291,19 @@ def capability_grant(session: Session, share_id: str, jti: str) -> Share:
     return share
 
 
-def shared_studies(session: Session, org: str, sub: str, *, download: bool = False) -> frozenset[str]:
-    """Studies of other organisations that ``org`` (as grantee organisation) or ``sub`` (as grantee
-    user) may use now: active grants, with ``download`` when asked, of patients who did not oppose.
+def download_refusal(session: Session, grantee: Grantee, study_uid: str) -> str | None:
+    """Why ``grantee`` may not download ``study_uid``, a study it sees through read-only grants only.
 
-    One query on the indexed grantee columns; the consents are read only when a grant is found.
+    None when no active grant of another organisation's study names it (then the study is the
+    caller's own, or not visible: the ordinary 404), or when one permits downloading.
     """
     now = datetime.now(timezone.utc)
-    stmt = (select(Share.study_uid, Study.patient_ref).join(Study, Study.study_uid == Share.study_uid)
-            .where(or_(Share.grantee_org == org, Share.grantee_user == sub), Share.revoked_at.is_(None),
-                   Share.expires_at > now, Share.org == Study.org))
-    if download:
-        stmt = stmt.where(Share.permissions == PERMISSIONS[("read", "download")])
-    found = session.execute(stmt).all()
-    if not found:
-        return frozenset()
-    opposed = consent.opposed_patients(session)
-    return frozenset(uid for uid, patient in found if patient is None or patient not in opposed)
+    reading = Grantee(grantee.org, grantee.issuer, grantee.sub)
+    downloading = Grantee(grantee.org, grantee.issuer, grantee.sub, download=True)
+    stmt = (select(Study.study_uid).where(Study.study_uid == study_uid, Study.org != grantee.org,
+                                          reading.grants(Study.study_uid, Study.org, now)))
+    if session.scalar(stmt) is None:
+        return None
+    if session.scalar(stmt.where(downloading.grants(Study.study_uid, Study.org, now))) is not None:
+        return None
+    return "this study is shared for reading only: its DICOM instances may not be downloaded"

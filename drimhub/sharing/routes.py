@@ -38,7 +38,8 @@ def create() -> Response:
     principal = current_principal()
     now = datetime.now(timezone.utc)
     req = grants.parse_request(request.get_json(silent=True), now, int(current_app.config["SHARE_MAX_DAYS"]))
-    share = grants.create(resources().sessions, req, org=principal.org, created_by=principal.sub)
+    share = grants.create(resources().sessions, req, org=principal.org, created_by=principal.sub,
+                          node_issuer=urls.issuer())
     token = None
     if share.link:
         claims = grants.capability_claims(share, issuer=urls.issuer(), audience=urls.base_url())
