@@ -22,7 +22,8 @@ from drimhub.errors import DrimhubError
 from drimhub.server.auth.policy import SHARE_SCOPE
 from drimhub.server.cli import main
 from drimhub.server.db import Resources
-from drimhub.sharing.retention import Rule, parse_rules, purge
+from drimhub.sharing import retention
+from drimhub.sharing.retention import PurgeReport, Rule, parse_rules
 from drimhub.store.audit import AuditRecord
 from drimhub.store.engine import write_session
 from drimhub.store.models import Instance, Series, Study
@@ -72,6 +73,13 @@ def stow(client: FlaskClient, token: str | None = None, **attrs: Any) -> str:
     return study
 
 
+def purge(res: Resources, rules: str, *, now: datetime, dry_run: bool = False) -> list[str]:
+    """The studies a purge removed (none failing)."""
+    report = retention.run(res, {"RETENTION": rules, "BASE_URL": "https://node.example"}, now=now, dry_run=dry_run)
+    assert report.failed == []
+    return report.purged
+
+
 def make_cached(res: Resources, study: str, expires: datetime | None, origin: str = "peer-a") -> None:
     with write_session(res.sessions) as session:
         session.execute(update(Study).where(Study.study_uid == study).values(origin=origin, expires_at=expires))
@@ -119,6 +127,7 @@ def test_expired_cached_copy_is_purged(app: Flask, client: FlaskClient) -> None:
     assert study_entity["what"]["identifier"]["value"] == f"urn:oid:{expired}"
     assert study_entity["description"] == "retention policy cached=30"
     assert any(a["who"].get("display") == "drimhub-purge" for a in event["agent"])
+    assert event["source"]["site"] == "https://node.example"  # the node's base URL (retention.run)
 
     later = now + timedelta(days=31)
     assert purge(res, "cached=30", now=later) == sorted([fresh, undated])
@@ -171,6 +180,41 @@ def test_purge_removes_the_manifests(app: Flask, client: FlaskClient, mint: Any)
         assert session.scalar(select(func.count()).select_from(Manifest)) == 0
     assert client.get(f"/fhir/DocumentReference/{r.json['sopInstanceUID']}").status_code == 410
     assert client.get(f"/api/studies/{study}/manifest").status_code == 404
+    event, = deletions(res)  # the DocumentReference deletion is in the study's event
+    assert {"reference": f"DocumentReference/{r.json['sopInstanceUID']}", "type": "DocumentReference"} \
+        in [e["what"] for e in event["entity"]]
+
+
+def test_a_failing_study_is_left_whole_and_the_others_purged(app: Flask, client: FlaskClient, mint: Any,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit event, the manifests and the rows of a study go in one transaction: when writing the
+    event fails (injected for one study), nothing of that study is deleted, and the purge goes on."""
+    res: Resources = app.extensions["drimhub"]
+    failing, purged = stow(client, patient_id="F1"), stow(client, patient_id="F2")
+    publisher = {"Authorization": f"Bearer {mint(scope=f'system/*.cruds {SHARE_SCOPE}')}"}
+    sop = client.post(f"/api/studies/{failing}/manifest", headers=publisher).json["sopInstanceUID"]
+    for uid in (failing, purged):
+        make_cached(res, uid, NOW - timedelta(days=1))
+    files = blob_paths(res, failing)
+    real = retention.audit_event
+
+    def audit_event(study: retention.Deleted, *args: Any) -> Any:
+        if study.study_uid == failing:
+            raise RuntimeError("audit trail unavailable")
+        return real(study, *args)
+
+    monkeypatch.setattr(retention, "audit_event", audit_event)
+    report = retention.run(res, {"RETENTION": "cached=30"}, now=NOW)
+    assert report == PurgeReport([purged], [failing])
+    assert exists(res, failing) and all(p.exists() for p in files)
+    with res.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Manifest).where(Manifest.study_uid == failing)) == 1
+    assert client.get(f"/fhir/DocumentReference/{sop}").json["status"] == "current"
+    event, = deletions(res)  # the purged study's only: no event without its deletion
+    assert f"urn:oid:{purged}" in orjson.dumps(event).decode() and failing not in orjson.dumps(event).decode()
+    monkeypatch.setattr(retention, "audit_event", real)
+    assert retention.run(res, {"RETENTION": "cached=30"}, now=NOW) == PurgeReport([failing], [])  # next time
+    assert not exists(res, failing) and len(deletions(res)) == 2
 
 
 def test_purge_command(app: Flask, client: FlaskClient, db_url: str, tmp_path: Path, signing_key_pem: str) -> None:
@@ -179,7 +223,7 @@ def test_purge_command(app: Flask, client: FlaskClient, db_url: str, tmp_path: P
     make_cached(res, study, datetime.now(timezone.utc) - timedelta(minutes=1))
     env = {"DRIMHUB_DATA_DIR": str(tmp_path / "var"), "DRIMHUB_DATABASE_URL": db_url,
            "DRIMHUB_STORAGE_URL": f"file://{tmp_path / 'blobs'}", "DRIMHUB_SIGNING_KEY": signing_key_pem,
-           "DRIMHUB_RETENTION": "cached=30 org:tele=90"}
+           "DRIMHUB_RETENTION": "cached=30 org:tele=90", "DRIMHUB_BASE_URL": "https://cli.example"}
     runner = CliRunner()
     dry = runner.invoke(main, ["purge", "--dry-run"], env=env)
     assert dry.exit_code == 0, dry.output
@@ -189,5 +233,6 @@ def test_purge_command(app: Flask, client: FlaskClient, db_url: str, tmp_path: P
     assert done.exit_code == 0, done.output
     assert done.output.splitlines() == [f"purged {study}", "1 study purged"]
     assert not exists(res, study) and len(deletions(res)) == 1
+    assert deletions(res)[0]["source"]["site"] == "https://cli.example"  # the node as the scheduled purge names it
     bad = runner.invoke(main, ["purge"], env={**env, "DRIMHUB_RETENTION": "cached=later"})
     assert bad.exit_code != 0
