@@ -235,3 +235,89 @@ def test_a_permit_changes_nothing(client: FlaskClient, anon: FlaskClient, mint: 
     peer = bearer(mint(PEER, org="node-b"))
     assert inst.study in uids(anon.get("/dicom-web/studies", headers=peer))
     assert anon.get(f"/dicom-web/studies/{inst.study}/metadata", headers=peer).status_code == 200
+
+
+# --- who the Consent names --------------------------------------------------------------------------
+
+ISSUER = "1.2.250.1.999.1"  # an OID issuer: the Patient identifier system is urn:oid:ISSUER
+
+
+def store(anon: FlaskClient, token: str, inst: f.Instance) -> None:
+    body, ctype = f.multipart([inst.data])
+    r = anon.post("/dicom-web/studies", data=body, headers={"Content-Type": ctype, **bearer(token)})
+    assert r.status_code == 200, r.json
+
+
+@pytest.fixture
+def same_patient(app: Flask, anon: FlaskClient, mint: Mint) -> dict[str, tuple[f.Instance, str]]:
+    """One patient (PAT-X, issued by ISSUER) with a study at org-a and one at org-b: two FHIR Patients."""
+    found = {"org-a": f.ct(patient_id="PAT-X", IssuerOfPatientID=ISSUER, seed=3),
+             "org-b": f.ct(patient_id="PAT-X", IssuerOfPatientID=ISSUER, seed=4)}
+    for org, inst in found.items():
+        store(anon, mint("system/*.cruds", org=org), inst)
+    with app.extensions["drimhub"].sessions() as session:
+        refs = dict(session.execute(select(Study.study_uid, Study.patient_ref)).all())
+    assert refs[found["org-a"].study] != refs[found["org-b"].study]  # each organisation its own Patient
+    return {org: (inst, str(refs[inst.study])) for org, inst in found.items()}
+
+
+def by_identifier(system: str | None, value: str = "PAT-X") -> dict[str, Any]:
+    body = opposition("unused")
+    body["patient"] = {"identifier": {"value": value, **({"system": system} if system else {})}}
+    return body
+
+
+@pytest.mark.parametrize("named", ["patient", "identifier"])
+def test_opposition_follows_the_patient_across_organisations(client: FlaskClient, anon: FlaskClient, mint: Mint,
+                                                             same_patient: Any, named: str) -> None:
+    (at_a, patient_a), (at_b, _) = same_patient["org-a"], same_patient["org-b"]
+    peer = bearer(mint(PEER, org="node-c"))
+    assert uids(anon.get("/dicom-web/studies", headers=peer)) == {at_a.study, at_b.study}
+    body = opposition(patient_a) if named == "patient" else by_identifier(f"urn:oid:{ISSUER}")
+    consent_id = record(client, body)  # org-a's Consent, naming org-a's Patient or the identifier
+    assert uids(anon.get("/dicom-web/studies", headers=peer)) == set()
+    for inst in (at_a, at_b):  # org-b's study of the same patient too
+        r = anon.get(f"/dicom-web/studies/{inst.study}/metadata", headers=peer)
+        assert r.status_code == 403 and f"Consent/{consent_id}" in r.json["message"]
+    org_b = mint("system/*.cruds drimhub/share", org="org-b")
+    r = anon.post("/api/shares", headers=bearer(org_b), json={"study": at_b.study, "grantee": {"link": True},
+                                                              "permissions": ["read"], "expires": iso(days=1)})
+    assert r.status_code == 403 and "opposed" in r.json["error_description"]
+    assert anon.get(f"/dicom-web/studies/{at_b.study}/metadata", headers=bearer(org_b)).status_code == 200  # care
+
+
+def test_another_issuer_or_a_study_without_issuer_is_another_patient(app: Flask, client: FlaskClient,
+                                                                     anon: FlaskClient, mint: Mint) -> None:
+    other_issuer = f.ct(patient_id="PAT-X", IssuerOfPatientID="1.2.250.1.999.2", seed=5)
+    no_issuer = f.ct(patient_id="PAT-X", seed=6)
+    store(anon, mint("system/*.cruds", org="org-b"), other_issuer)
+    store(anon, mint("system/*.cruds", org="org-b"), no_issuer)
+    record(client, by_identifier(f"urn:oid:{ISSUER}"))
+    with app.extensions["drimhub"].sessions() as session:
+        assert consent.refusal(session, other_issuer.study) is None
+        assert consent.refusal(session, no_issuer.study) is None
+
+
+def test_a_patient_identifier_added_later_opposes_too(app: Flask, client: FlaskClient, anon: FlaskClient,
+                                                      mint: Mint, studies: Any) -> None:
+    _, patient = studies["opposed"]  # a Patient without an issued identifier
+    record(client, opposition(patient))
+    elsewhere = f.ct(patient_id="PAT-NO", IssuerOfPatientID=ISSUER, seed=7)
+    store(anon, mint("system/*.cruds", org="org-b"), elsewhere)
+    with app.extensions["drimhub"].sessions() as session:
+        assert consent.refusal(session, elsewhere.study) is None
+    current = client.get(f"/fhir/Patient/{patient}").json
+    current["identifier"] = [*current.get("identifier", []), {"system": f"urn:oid:{ISSUER}", "value": "PAT-NO"}]
+    assert client.put(f"/fhir/Patient/{patient}", json=current).status_code == 200
+    with app.extensions["drimhub"].sessions() as session:
+        assert consent.refusal(session, elsewhere.study) is not None
+
+
+@pytest.mark.parametrize("patient", [{"reference": "Patient/nobody"}, {"identifier": {"value": "PAT-X"}},
+                                     {"display": "Jean Dupont"}])
+def test_an_opposition_naming_no_one_is_refused(client: FlaskClient, studies: Any, patient: dict[str, Any]) -> None:
+    body = {**opposition("unused"), "patient": patient}
+    r = client.post("/fhir/Consent", json=body, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 422 and r.json["resourceType"] == "OperationOutcome"
+    assert "name its patient" in r.json["issue"][0]["diagnostics"]
+    assert client.post("/fhir/Consent", json={**body, "status": "draft"}).status_code == 201  # no effect: accepted

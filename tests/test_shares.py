@@ -22,7 +22,9 @@ from joserfc import jws
 
 import dicomfactory as f
 from conftest import Mint
+from drimhub.store.access import Access, Grantee
 from drimhub.store.audit import AuditRecord
+from drimhub.store.models import Study
 from drimhub.store.network import Share
 from sqlalchemy import select
 
@@ -338,3 +340,34 @@ def test_expired_org_grant_is_no_grant(app: Flask, anon: FlaskClient, mint: Mint
         row = session.scalars(select(Share).where(Share.id == share["id"])).one()
         row.expires_at = datetime.now(timezone.utc) - timedelta(seconds=1)
     assert anon.get("/dicom-web/studies", headers=bearer(mint("system/*.cruds", org="org-b"))).json == []
+
+
+def test_user_grant_names_the_users_issuer(app: Flask, anon: FlaskClient, mint: Mint,
+                                           studies: dict[str, f.Instance]) -> None:
+    shared, other = studies["shared"], studies["other"]
+    mine = grant(anon, mint, shared.study, {"user": "dr-house"})
+    theirs = grant(anon, mint, other.study, {"user": "dr-house", "issuer": "https://idp.example/realms/x"})
+    assert mine["grantee"] == {"user": "dr-house", "issuer": "http://localhost"}  # this node's, by default
+    assert theirs["grantee"] == {"user": "dr-house", "issuer": "https://idp.example/realms/x"}
+    house = bearer(mint("user/ImagingStudy.rs", org="org-c", sub="dr-house"))  # a token of this node
+    assert [s["0020000D"]["Value"][0] for s in anon.get("/dicom-web/studies", headers=house).json] == [shared.study]
+    assert anon.get(instance_urls(other)["study"] + "/metadata", headers=house).status_code == 404
+    with app.extensions["drimhub"].sessions() as session:  # the same sub from the other issuer: the other study
+        external = Access(frozenset({"org-c"}), grantee=Grantee("org-c", "https://idp.example/realms/x", "dr-house"))
+        assert set(session.scalars(select(Study.study_uid).where(*external.study_filter()))) == {other.study}
+    r = anon.post("/api/shares", json={"study": shared.study, "grantee": {"user": "u", "issuer": ""},
+                                       "permissions": ["read"], "expires": later(days=1)},
+                  headers=bearer(mint(SHARER)))
+    assert r.status_code == 400
+
+
+def test_grants_and_oppositions_are_subqueries_not_value_lists(app: Flask, anon: FlaskClient, mint: Mint,
+                                                               studies: dict[str, f.Instance]) -> None:
+    for _ in range(3):
+        grant(anon, mint, studies["shared"].study, {"org": "org-b"})
+    access = Access(frozenset({"org-b"}), grantee=Grantee("org-b", "http://localhost", "tester"), opposed=True)
+    stmt = select(Study.study_uid).where(*access.study_filter())
+    sql = str(stmt.compile(compile_kwargs={"literal_binds": False}))
+    assert sql.count("EXISTS") >= 3 and studies["shared"].study not in str(stmt.compile().params)
+    with app.extensions["drimhub"].sessions() as session:
+        assert list(session.scalars(stmt)) == [studies["shared"].study]
