@@ -196,5 +196,5 @@ def test_expired_cached_copies_are_purged_without_a_policy(app: Flask, client: F
         for inst, expires in ((expired, now - timedelta(minutes=1)), (fresh, now + timedelta(days=1))):
             session.execute(update(Study).where(Study.study_uid == inst.study)
                             .values(origin="a", expires_at=expires))
-    assert purge(res, "", now=now) == [expired.study]
-    assert purge(res, "org:other=1", now=now) == []
+    assert purge(res, "", node="urn:drimhub:node", now=now).purged == [expired.study]
+    assert purge(res, "org:other=1", node="urn:drimhub:node", now=now).purged == []
