@@ -98,7 +98,8 @@ def test_custom_search_parameters_are_published(client: FlaskClient, statement: 
     assert listing.status_code == 200
     found = [e["resource"] for e in listing.json["entry"]]
     assert [p["id"] for p in found] == ["DiagnosticReport-imaging-study", "DocumentReference-study-instance-uid",
-                                        "DocumentReference-accession-number", "DocumentReference-modality"]
+                                        "DocumentReference-accession-number", "DocumentReference-modality",
+                                        "DocumentReference-bodysite"]
     for param in found:
         SearchParameter.model_validate(param)
         assert param["url"] in declared
