@@ -224,8 +224,9 @@ CONSENT = ResourceType(
     ),
     includes=("Consent:patient",),
     sorts=("_id", "_lastUpdated", "date"),
-    notes="A patient's opposition to sharing (scope patient-privacy, provision.type deny) refuses shares, pushes "
-          "and peers' access to their studies (drimhub.sharing.consent).",
+    notes="A patient's opposition to sharing (status active, scope patient-privacy, provision.type deny) refuses "
+          "shares, pushes and peers' access to their studies, matched by the Patient and by its issuer-qualified "
+          "identifiers (drimhub.sharing.consent); one naming no stored Patient nor identifier with a system is a 422.",
 )
 
 _MADO_SP = "IHE RAD MADO SearchParameter"
