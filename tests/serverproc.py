@@ -35,6 +35,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def kill_group(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL the process group of ``proc`` (started with ``start_new_session``), as a crash would."""
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def stop_group(proc: subprocess.Popen[bytes] | None, timeout: float = 30) -> None:
+    """SIGTERM the process group of ``proc``; SIGKILL it after ``timeout`` seconds."""
+    if proc and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+
+
 class ServerProcess:
     """`drimhub serve` on a free loopback port, in its own process group.
 
@@ -75,14 +92,7 @@ class ServerProcess:
 
     def kill(self) -> None:
         """SIGKILL the whole process group (master and workers), as a crash would."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        kill_group(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc)

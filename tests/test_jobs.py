@@ -401,7 +401,7 @@ def test_each_push_attempt_is_audited_as_an_export(app: Flask, client: FlaskClie
     assert tasks.run_job(app, post_push(client, mint, study, peer="down").get_json()["id"]) == state.RETRYING
     with app.extensions["drimhub"].sessions() as session:
         events = [orjson.loads(r) for r in session.scalars(
-            select(AuditRecord.resource).where(AuditRecord.event_type == "110106"))]
+            select(AuditRecord.resource).where(AuditRecord.event_type == "110106").order_by(AuditRecord.pk))]
     assert [(e["outcome"], e["type"]["display"]) for e in events] == [("0", "Export"), ("8", "Export")]
     for event, peer_name in zip(events, ("b", "down")):
         assert {"display": f"peer {peer_name}"} in [agent.get("who") for agent in event["agent"]]

@@ -17,7 +17,7 @@ import requests
 
 import dicomfactory as f
 from nodes import Node
-from serverproc import DRIMHUB
+from serverproc import DRIMHUB, kill_group, stop_group
 
 N = 7
 SCOPE = "system/ImagingStudy.crs"
@@ -36,17 +36,10 @@ class Worker:
                                          start_new_session=True)
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        kill_group(self.proc)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.proc, 15)
 
 
 @pytest.fixture
@@ -148,6 +141,15 @@ def test_serve_runs_a_worker_and_stops_it(tmp_path: Path) -> None:
         serve = node.server.proc.pid
         workers = [pid for pid, command in _children(serve) if "drimhub.jobs.worker" in command]
         assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)  # the worker dies: serve starts another
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            again = [pid for pid, command in _children(serve) if "drimhub.jobs.worker" in command and pid != workers[0]]
+            if again:
+                break
+            time.sleep(0.2)
+        assert len(again) == 1
+        workers = again
         os.kill(serve, signal.SIGTERM)  # the master alone, as a service manager would
         node.server.proc.wait(30)
         deadline = time.monotonic() + 10

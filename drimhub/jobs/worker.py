@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 from flask import Flask
 
@@ -65,6 +66,36 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+class Supervisor:
+    """Keeps one worker (:func:`spawn`) running beside ``drimhub serve``: a worker that died (killed,
+    out of memory) is started again within :data:`CHECK_SECONDS`; :meth:`stop` stops it for good."""
+
+    #: Seconds between two checks of the worker.
+    CHECK_SECONDS = 2.0
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
+        self.process = spawn(workers)
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="drimhub-worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(self.CHECK_SECONDS):
+            with self._lock:
+                if self._stopping.is_set() or self.process.poll() is None:
+                    continue
+                log.warning("drimhub serve: the job worker exited (%s), starting another", self.process.returncode)
+                self.process = spawn(self.workers)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop watching, then stop the worker (:func:`stop`)."""
+        self._stopping.set()
+        with self._lock:
+            stop(self.process, timeout)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,8 +39,8 @@ def _app(**overrides: Any) -> Any:
 def serve(host: str, port: int, workers: int | None, threads: int, no_worker: bool) -> None:
     """Serve with gunicorn, after applying migrations and sweeping leftovers of a crash.
 
-    Unless ``--no-worker``, one background job worker (``drimhub worker``) runs beside gunicorn
-    and stops with it.
+    Unless ``--no-worker``, one background job worker (``drimhub worker``) runs beside gunicorn,
+    is started again if it dies, and stops with it.
 
     A non-loopback ``--host`` needs ``DRIMHUB_BASE_URL`` and a usable signing key, else the
     command exits with status 2 before binding (see :func:`exposure_problems`).
@@ -73,12 +73,12 @@ def serve(host: str, port: int, workers: int | None, threads: int, no_worker: bo
     from drimhub.jobs import worker as job_worker
     from drimhub.server.wsgi import run_gunicorn
 
-    background = None if no_worker else job_worker.spawn()
+    background = None if no_worker else job_worker.Supervisor()  # restarted if it dies
     try:
         run_gunicorn(host, port, workers or 2 * (os.cpu_count() or 1), threads)
     finally:
         if background is not None:
-            job_worker.stop(background)
+            background.stop()
 
 
 def _refuse(headline: str, problems: list[str], advice: str = "") -> NoReturn:
