@@ -26,6 +26,7 @@ from sqlalchemy import create_engine, select, update
 import dicomfactory as f
 from drimhub.federation.cache import LEASE_SECONDS, Lease
 from drimhub.sharing.retention import purge
+from drimhub.store.audit import AuditRecord
 from drimhub.store.engine import write_session
 from drimhub.store.models import Instance, Series, Study, utc
 from drimhub.store.network import CacheLease
@@ -144,6 +145,15 @@ def test_push_after_a_federated_view(net: Net) -> None:
     assert (org, origin, expires, complete, count) == ("org-b", None, None, None, 2)
     mine = net.b_get(f"/dicom-web/studies/{study}", Accept=DICOM_AS_STORED)
     assert mine.status_code == 200 and sorted(_parts(mine)) == sorted(i.data for i in instances)
+    engine = create_engine(f"sqlite:///{net.b.dir / 'drimhub.db'}")
+    try:
+        with engine.connect() as conn:  # the copy's deletion is in B's audit trail, naming the study
+            events = [json.loads(r) for r in conn.scalars(select(AuditRecord.resource)
+                                                          .where(AuditRecord.subtype.endswith("110105")))]
+    finally:
+        engine.dispose()
+    assert [e for e in events if any(study in json.dumps(en) for en in e["entity"])
+            and "replaced by org-b" in json.dumps(e)]
 
 
 def test_a_removed_peers_copies_expire(net: Net) -> None:

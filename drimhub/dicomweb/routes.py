@@ -18,6 +18,7 @@ from drimhub.dicomweb import delete, qido, rendered, wado, xml
 from drimhub.dicomweb.query import Level, parse_query
 from drimhub.dicomweb.stow import StoreService
 from drimhub.jobs.rules import after_store
+from drimhub.sharing import retention
 from drimhub.server import auditctx, urls
 from drimhub.server.auth import policy
 from drimhub.server.auth.policy import Requirement, current_access, current_principal
@@ -45,7 +46,8 @@ def dicom_json(body: Any, status: int = 200) -> Response:
 def store(study: str | None = None) -> Response:
     res, access = resources(), current_access()
     service = StoreService(res.sessions, res.blobs, overwrite=current_app.config["STOW_DUPLICATE_POLICY"] == "overwrite",
-                           org=current_principal().org, patient=access.patient)
+                           org=current_principal().org, patient=access.patient,
+                           node=retention.node_url(current_app.config))
     result = service.store_request(request.stream, request.headers.get("Content-Type"), study)
     for patient, issuer, study_uid in sorted(result.touched, key=str):
         auditctx.involve(patient, study_uid, issuer)

@@ -31,6 +31,7 @@ from drimhub.dicomweb.ingest import UnreadableInstance, parse_instance
 from drimhub.dicomweb.status import FailureReason, is_server_side, stow_http_status
 from drimhub.errors import InvalidRequest, NotFound, UnsupportedMediaType
 from drimhub.fhir import derive
+from drimhub.sharing import retention
 from drimhub.store.access import Access, PatientRef, is_reserved_org
 from drimhub.store.blobs import FileBlobStore, SpooledBlob
 from drimhub.store.engine import ATTEMPTS, is_transient, write_session
@@ -154,15 +155,18 @@ class StoreService:
         The writer's organisation: it owns the studies it creates and writes only into its own.
     patient : PatientRef, optional
         The only patient the writer may store instances of (``patient/`` scopes).
+    node : str
+        The node as audit events name it (the deletion of a cached copy the writer replaces).
     """
 
     def __init__(self, sessions: sessionmaker[Session], blobs: FileBlobStore, overwrite: bool = False,
-                 org: str = DEFAULT_ORG, patient: PatientRef | None = None) -> None:
+                 org: str = DEFAULT_ORG, patient: PatientRef | None = None, node: str = retention.NODE_URN) -> None:
         self.sessions = sessions
         self.blobs = blobs
         self.overwrite = overwrite
         self.org = org
         self.patient = patient
+        self.node = node
 
     def store_request(self, stream: IO[bytes], content_type: str | None, target_study: str | None) -> StowResult:
         """Store every part of a STOW-RS body read from ``stream``.
@@ -284,7 +288,9 @@ class StoreService:
         for uid, org in copies:
             log.info("study %s: the cached copy of %s gives way to organisation %s's instances", uid, org, self.org)
             try:
-                delete.delete(self.sessions, self.blobs, Access(frozenset({org}), cached=True), uid)
+                delete.delete(self.sessions, self.blobs, Access(frozenset({org}), cached=True), uid,
+                              before=lambda session, uid=uid: retention.audit_deletion(
+                                  session, uid, node=self.node, reason=f"cached copy replaced by {self.org}'s instances"))
             except NotFound:
                 pass  # gone meanwhile (a purge, another STOW)
 

@@ -17,6 +17,7 @@ from flask import Blueprint, Flask, Response, request
 from drimhub.errors import InvalidRequest, UnsupportedMediaType
 from drimhub.federation import peers
 from drimhub.server.auth import policy
+from drimhub.server.jsonapi import json_response
 from drimhub.server.db import get_session, resources
 from drimhub.server.urls import base_url
 from drimhub.store.engine import write_session
@@ -33,13 +34,10 @@ FIELDS: dict[str, tuple[type, ...]] = {
 MAX_BODY = 16 * 1024
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(data), status=status, mimetype="application/json", headers=headers)
-
 
 @bp.get("")
 def list_peers() -> Response:
-    return _json([peers.peer_json(peer) for peer in peers.list_peers(get_session())])
+    return json_response([peers.peer_json(peer) for peer in peers.list_peers(get_session())])
 
 
 @bp.post("")
@@ -52,12 +50,12 @@ def add_peer() -> Response:
     with write_session(resources().sessions) as session:
         peer = peers.add_peer(session, name, url, **fields)
     location = f"{base_url()}/api/peers/{quote(peer.name, safe='')}"
-    return _json(peers.peer_json(peer), 201, {"Location": location})
+    return json_response(peers.peer_json(peer), 201, {"Location": location})
 
 
 @bp.get("/<name>")
 def get_peer(name: str) -> Response:
-    return _json(peers.peer_json(peers.get_peer(get_session(), name)))
+    return json_response(peers.peer_json(peers.get_peer(get_session(), name)))
 
 
 @bp.delete("/<name>")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from flask import Blueprint, Flask, Response, request
 
 from drimhub.dicomweb.uids import is_valid_uid
@@ -18,6 +17,7 @@ from drimhub.errors import Forbidden, InvalidRequest, NotFound
 from drimhub.jobs import queue, rules, state
 from drimhub.server import auditctx
 from drimhub.server.auth import policy
+from drimhub.server.jsonapi import json_response
 from drimhub.server.auth.policy import Requirement, current_principal
 from drimhub.server.auth.principal import Principal
 from drimhub.server.db import get_session, resources
@@ -39,9 +39,6 @@ def _authorise(principal: Principal) -> bool:
         policy.authorize(principal, Requirement(scope=policy.PUSH_SCOPE))  # raises insufficient_scope
         return False
 
-
-def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status=status, mimetype="application/json", headers=headers)
 
 
 def push(peer: str) -> Response:
@@ -71,7 +68,7 @@ def push(peer: str) -> Response:
         job, created = rules.push_job(writer, principal.org, principal.sub, peer, study)
     if created:
         queue.enqueue(job.id)
-    return _json(state.job_json(job), 202, {"Location": f"/api/jobs/{job.id}"})
+    return json_response(state.job_json(job), 202, {"Location": f"/api/jobs/{job.id}"})
 
 
 def get_job(job_id: str) -> Response:
@@ -81,7 +78,7 @@ def get_job(job_id: str) -> Response:
     job = state.get(get_session(), job_id)
     if job is None or not (admin or job.org == principal.org):
         raise NotFound(f"no job {job_id}")
-    return _json(state.job_json(job))
+    return json_response(state.job_json(job))
 
 
 bp.add_url_rule("/peers/<peer>/push", "push", push, methods=["POST"])

@@ -195,11 +195,12 @@ def import_(paths: tuple[Path, ...], org: str) -> None:
 
     from drimhub.dicomweb.importer import ImportSummary, collect, import_one
     from drimhub.dicomweb.stow import StoreService
+    from drimhub.sharing import retention
 
     app = _app()
     res = app.extensions["drimhub"]
     service = StoreService(res.sessions, res.blobs, overwrite=app.config["STOW_DUPLICATE_POLICY"] == "overwrite",
-                           org=org)
+                           org=org, node=retention.node_url(app.config))
     sources = collect(list(paths))
     summary = ImportSummary()
     archives: dict[Path, zipfile.ZipFile] = {}

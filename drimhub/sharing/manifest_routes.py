@@ -18,12 +18,12 @@ authentication hook, so that an anonymous caller still gets its 401 first.
 
 from __future__ import annotations
 
-import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 
 from drimhub.errors import NotFound
 from drimhub.server import auditctx
 from drimhub.server.auth import policy
+from drimhub.server.jsonapi import json_response
 from drimhub.server.auth.policy import Requirement
 from drimhub.server.db import get_session, resources
 from drimhub.server.urls import base_url
@@ -49,8 +49,7 @@ def publish(study: str) -> Response:
     _involve(study)
     body = {"sopInstanceUID": published.sop_uid, "study": published.study_uid, "url": published.url,
             "documentReference": published.document_reference}
-    return Response(orjson.dumps(body), status=201, mimetype="application/json",
-                    headers={"Location": published.url})
+    return json_response(body, 201, {"Location": published.url})
 
 
 @bp.get("/<uid:study>/manifest")

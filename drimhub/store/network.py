@@ -87,7 +87,7 @@ class Job(Base):
 
     ``state``: ``queued``, ``running``, ``retrying``, ``succeeded``, ``failed``. A running job
     holds a lease (``lease_until``) its worker renews; a job whose lease ran out (its worker died)
-    is queued again. ``done``/``total``: instances sent of the study's; ``result`` a JSON detail.
+    is queued again. ``done``/``total``: instances the peer holds of the study's.
     """
 
     __tablename__ = "job"
@@ -105,7 +105,6 @@ class Job(Base):
     total: Mapped[int | None] = mapped_column(Integer)
     done: Mapped[int] = mapped_column(Integer, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[bytes | None] = mapped_column(LargeBinary)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     #: Fencing token of the current lease: every write of the running worker names it, so a worker
     #: whose lease was taken over writes nothing.

@@ -91,7 +91,6 @@ def upgrade() -> None:
         sa.Column('total', sa.Integer(), nullable=True),
         sa.Column('done', sa.Integer(), server_default='0', nullable=False),
         sa.Column('error', sa.Text(), nullable=True),
-        sa.Column('result', sa.LargeBinary(), nullable=True),
         sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
         sa.Column('lease_id', sa.String(length=32), nullable=True),
         sa.Column('next_attempt', sa.DateTime(timezone=True), nullable=True),
