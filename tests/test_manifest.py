@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import shutil
+import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -190,6 +192,19 @@ TYPE_1 = {
 TYPE_2 = ["PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
           "ReferringPhysicianName", "StudyID", "AccessionNumber", "ReferencedPerformedProcedureStepSequence",
           "Manufacturer"]
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (dicom3tools) is not installed")
+def test_kos_passes_dciodvfy(client: FlaskClient, study: Study, publisher: dict[str, str], tmp_path: Any) -> None:
+    """An independent validator (David Clunie's dciodvfy) finds no error in the KOS: only the warning
+    that RetrieveURL, which XDS-I.b and DRIM-M require, is an extension of older IOD tables."""
+    publish(client, study.uid, publisher)
+    r = client.get(f"/api/studies/{study.uid}/manifest")
+    (tmp_path / "kos.dcm").write_bytes(r.data)
+    checked = subprocess.run(["dciodvfy", str(tmp_path / "kos.dcm")], capture_output=True, text=True, timeout=60)
+    report = checked.stdout + checked.stderr
+    assert report.splitlines()[0] == "KeyObjectSelectionDocument", report
+    assert not [line for line in report.splitlines() if line.startswith("Error")], report
 
 
 def check_type_1(ds: Dataset, where: str = "") -> None:
