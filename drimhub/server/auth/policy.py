@@ -125,7 +125,8 @@ PER_ENTRY = "{entry}"
 
 @dataclass(frozen=True)
 class Requirement:
-    """What a token must grant: a SMART permission letter on a resource type, or a plain scope.
+    """What a token must grant: a SMART permission letter on a resource type, or a plain scope
+    (``scope``, or any one of ``any_of``).
 
     ``resource`` may be :data:`FROM_URL` (the FHIR type of the URL) or :data:`PER_ENTRY`.
     """
@@ -133,9 +134,15 @@ class Requirement:
     resource: str | None = None
     permission: str | None = None
     scope: str | None = None
+    any_of: tuple[str, ...] = ()
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        """The plain scopes any one of which meets this requirement (none: a SMART requirement)."""
+        return (self.scope,) if self.scope is not None else self.any_of
 
     def __str__(self) -> str:
-        return self.scope or f"{self.resource}.{self.permission}"
+        return " or ".join(self.scopes) or f"{self.resource}.{self.permission}"
 
 
 def _smart(resource: str, permission: str, *endpoints: str) -> dict[str, Requirement]:
@@ -209,8 +216,8 @@ def authorize(principal: Principal, requirement: Requirement, *, download: bool 
     Unauthorized
         A capability whose grant is revoked or expired (``invalid_token``).
     """
-    if requirement.scope is not None:
-        if principal.share is not None or requirement.scope not in principal.scopes.other:
+    if requirement.scopes:
+        if principal.share is not None or not set(requirement.scopes) & principal.scopes.other:
             raise _insufficient(requirement)
         return Access.of_org(principal.org)
     assert requirement.resource is not None and requirement.permission is not None
