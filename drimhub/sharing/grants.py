@@ -291,6 +291,21 @@ def capability_grant(session: Session, share_id: str, jti: str) -> Share:
     return share
 
 
+_SHARE = Share.__table__.c
+#: Is any grant active for this organisation or this user? Built once (the common answer is no,
+#: and then a request's queries carry no share condition at all).
+_ANY_ACTIVE = (select(_SHARE.pk).where(
+    _SHARE.revoked_at.is_(None), _SHARE.expires_at > bindparam("now"),
+    (_SHARE.grantee_org == bindparam("org"))
+    | ((_SHARE.grantee_user == bindparam("sub")) & (_SHARE.grantee_issuer == bindparam("issuer")))).limit(1))
+
+
+def has_active_grants(session: Session, grantee: Grantee) -> bool:
+    """True when some active grant names ``grantee``'s organisation or ``grantee`` (one indexed query)."""
+    params = {"now": datetime.now(timezone.utc), "org": grantee.org, "sub": grantee.sub, "issuer": grantee.issuer}
+    return session.connection().execute(_ANY_ACTIVE, params).first() is not None
+
+
 def download_refusal(session: Session, grantee: Grantee, study_uid: str) -> str | None:
     """Why ``grantee`` may not download ``study_uid``, a study it sees through read-only grants only.
 

@@ -237,6 +237,8 @@ def authorize(principal: Principal, requirement: Requirement, *, download: bool 
     if orgs is None:
         return Access(None, patient, opposed=PEER_SCOPE in principal.scopes.other)
     grantee = Grantee(principal.org, principal.issuer, principal.sub, download=download)
+    if not grants.has_active_grants(get_session(), grantee):
+        return Access(orgs, patient)  # the common case: nothing is shared with this caller
     study = requested_study() if download else None
     if study is not None:
         reason = grants.download_refusal(get_session(), grantee, study)
