@@ -19,16 +19,17 @@ validator, :class:`NodeTokenValidator`, which accepts:
   introspection issuer is configured.
 
 An item may end with ``;org=ORG`` (every token of that issuer acts for organisation ORG; one
-naming another organisation is refused; ORG may not be a reserved ``peer:`` organisation) or ``;org-claim=CLAIM`` (the organisation is in claim
-CLAIM rather than ``org``): Pro Santé Connect tokens, for one, carry no ``org``.
+naming another organisation is refused; ORG may not be a reserved ``peer:`` organisation) or
+``;org-claim=CLAIM`` (the organisation is in claim CLAIM rather than ``org``): Pro Santé Connect
+tokens, for one, carry no ``org``.
 
 Never accepted: ``alg: none`` and HMAC algorithms (:data:`ALGORITHMS`), a token without an
 organisation (every token acts for one: an ``org`` claim, or an issuer's mapping), a token acting
 for an organisation reserved for peers' cached copies (``peer:...``, :func:`drimhub.store.access.check_org`).
 
 The accepted token itself is kept for the request (:func:`current_token`): the federation relays
-it to ``relay`` peers when an external issuer both nodes trust issued it (:func:`relayable_token`). An issuer that
-cannot be reached is a 502, not a 401: the client's token may well be valid.
+it to ``relay`` peers when an external issuer both nodes trust issued it (:func:`relayable_token`).
+An issuer that cannot be reached is a 502, not a 401: the client's token may well be valid.
 """
 
 from __future__ import annotations
